@@ -1,0 +1,83 @@
+"""Relaxation of the ideal-precision network: the free and nudged phases (Eq. 1/2, Algorithms 1/2).
+
+The loop is explicit and autograd-free: the input drive ``w_1 x + b_1`` and every other
+state-independent term are folded into per-layer constants once per phase
+(:meth:`LayeredNetwork.constants`); each step is then one fused product per coupling and one
+in-place nonlinearity per layer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .network import LayeredNetwork, State
+
+__all__ = ["RelaxResult", "relax", "ConvergenceError"]
+
+
+class ConvergenceError(RuntimeError):
+    """A relaxation produced non-finite states (divergence)."""
+
+
+@dataclass
+class RelaxResult:
+    """Result of a relaxation.
+
+    Attributes:
+        state: the final state ``s_T``, one ``(B, n_k)`` tensor per layer.
+        residual: per-sample ``max_k ‖s_T − s_{T-1}‖_∞``, ``(B,)``: 0 at a fixed point, large
+            for a 2-cycle (THEORY.md, fact 3). ``None`` for zero steps.
+        trajectory: ``[s_0, s_1, …, s_T]`` when ``record=True``.
+    """
+
+    state: State
+    residual: torch.Tensor | None
+    trajectory: list[State] | None = None
+
+    def converged(self, tol: float) -> torch.Tensor:
+        """Per-sample boolean: the last step moved no unit by more than ``tol``."""
+        if self.residual is None:
+            raise ValueError("a relaxation of zero steps has no residual")
+        return self.residual <= tol
+
+
+def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
+          y: torch.Tensor | None = None, beta: float | torch.Tensor = 0.0,
+          params=None, record: bool = False, track_grad: bool = False) -> RelaxResult:
+    """Run ``steps`` synchronous steps of ``s ← σ(∂Φ/∂s − β ∂ℓ/∂s)`` from ``state``.
+
+    Args:
+        net: the network.
+        drive: ``w_1 x + b_1`` for this batch, ``(B, n_1)`` (from :meth:`LayeredNetwork.input_drive`).
+        state: initial state (the zero state for the free phase, the free steady state for a
+            nudged phase). Not modified.
+        steps: T (free phase) or K (nudged phase).
+        y: labels ``(B,)`` or targets ``(B, C)``; needed when β ≠ 0.
+        beta: a float, or a per-sample column ``(B, 1)`` so that +β and −β phases run together
+            in one batch.
+        record: keep every intermediate state.
+        track_grad: keep the autograd graph (BPTT); otherwise the loop runs in place under
+            ``torch.no_grad``.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if y is None and not (isinstance(beta, (int, float)) and beta == 0):
+        raise ValueError("a nudged phase (beta != 0) needs targets y")
+    ctx = torch.enable_grad() if track_grad else torch.no_grad()
+    with ctx:
+        consts, ngb = net.constants(drive, y, beta, params)
+        traj = [list(state)] if record else None
+        s = list(state)
+        prev = s
+        for _ in range(steps):
+            prev = s
+            s = net.step(s, consts, ngb, params, inplace=not track_grad)
+            if record:
+                traj.append(s)
+        residual = None
+        if steps > 0:
+            with torch.no_grad():
+                residual = torch.stack([(a - b).abs().amax(-1) for a, b in zip(s, prev)]).amax(0)
+    return RelaxResult(s, residual, traj)

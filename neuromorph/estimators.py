@@ -1,0 +1,175 @@
+"""EP gradient estimators (Eq. 3, Algorithm 1, Eq. 5) and the learning rules of Eq. 24–29.
+
+Every estimator is a linear combination of ``∂Φ/∂θ`` at a few steady states::
+
+    ∇̂ = c_0 ∂Φ/∂θ(s_*) + Σ_j c_j ∂Φ/∂θ(s_*^{β_j})
+
+* :class:`OneSided`   β_1 = β,        c_0 = −1/β,  c_1 = 1/β                     (Eq. 3)
+* :class:`RandomSign` as one-sided with the sign of β drawn per iteration      (Algorithm 1)
+* :class:`Symmetric`  β_{1,2} = ±β,   c_0 = 0,     c_{1,2} = ±1/(2β)             (Eq. 5)
+
+For pre/post synapses this is the contrastive Hebbian rule ``Σ_j c_j s^{k}_j s^{k-1 ⊤}_j``
+(Eq. 24/25/28/29). The read-out ``w_out`` is not in Φ; it follows the gradient of the loss at
+the nudged states (Eq. 28: the +β state; Eq. 29: the mean of the ±β states).
+
+:func:`ep_gradients` returns *loss* gradients (``−∇̂``), so any ``torch.optim`` optimizer
+minimises with them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from .dynamics import RelaxResult, relax
+from .network import LayeredNetwork
+
+__all__ = ["Estimator", "OneSided", "RandomSign", "Symmetric", "Plan", "EPResult", "ep_gradients",
+           "combine_phi_grads", "make_estimator", "ESTIMATORS"]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The nudged phases of one iteration and the coefficients of the estimate.
+
+    ``betas[j]`` is the nudging of phase j; ``coefs[j]`` multiplies ``∂Φ/∂θ`` at its steady
+    state, ``coef_free`` at the free one; ``readout[j]`` weighs ``∂ℓ/∂w_out`` at phase j.
+    """
+
+    betas: tuple[float, ...]
+    coefs: tuple[float, ...]
+    coef_free: float
+    readout: tuple[float, ...]
+
+
+class Estimator(ABC):
+    """An EP gradient estimator with nudging strength ``beta > 0``."""
+
+    def __init__(self, beta: float) -> None:
+        if not (beta > 0 and beta == beta and beta != float("inf")):
+            raise ValueError(f"beta must be a positive finite number, got {beta!r}")
+        self.beta = float(beta)
+
+    @abstractmethod
+    def plan(self, generator: torch.Generator | None = None) -> Plan:
+        """The phases to run for one iteration (draws the sign for :class:`RandomSign`)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(beta={self.beta})"
+
+
+class OneSided(Estimator):
+    """Eq. 3: ``(∂Φ/∂θ(s^β) − ∂Φ/∂θ(s_*)) / β``; first-order bias in β (Lemma 2)."""
+
+    def plan(self, generator=None) -> Plan:
+        b = self.beta
+        return Plan((b,), (1 / b,), -1 / b, (1.0,))
+
+
+class RandomSign(Estimator):
+    """Algorithm 1: one-sided with ``β ← ±β`` drawn with even odds once per iteration."""
+
+    def plan(self, generator=None) -> Plan:
+        sign = 1.0 if torch.rand((), generator=generator).item() < 0.5 else -1.0
+        b = sign * self.beta
+        return Plan((b,), (1 / b,), -1 / b, (1.0,))
+
+
+class Symmetric(Estimator):
+    """Eq. 5: ``(∂Φ/∂θ(s^β) − ∂Φ/∂θ(s^{−β})) / 2β``; bias O(β²) (Lemma 2)."""
+
+    def plan(self, generator=None) -> Plan:
+        b = self.beta
+        return Plan((b, -b), (1 / (2 * b), -1 / (2 * b)), 0.0, (0.5, 0.5))
+
+
+ESTIMATORS = {"one_sided": OneSided, "random_sign": RandomSign, "symmetric": Symmetric}
+
+
+def make_estimator(name: str, beta: float) -> Estimator:
+    try:
+        return ESTIMATORS[name](beta)
+    except KeyError:
+        raise ValueError(f"unknown estimator {name!r}; allowed: {', '.join(ESTIMATORS)}") from None
+
+
+def _rows(values: tuple[float, ...], batch: int, like: torch.Tensor) -> torch.Tensor:
+    """Per-phase scalars expanded to a ``(J·B, 1)`` column matching phase-stacked rows."""
+    return torch.tensor(values, dtype=like.dtype, device=like.device).repeat_interleave(batch).unsqueeze(1)
+
+
+def combine_phi_grads(net: LayeredNetwork, x: torch.Tensor, states: list[torch.Tensor],
+                      coefs: torch.Tensor, batch: int, params=None) -> list[torch.Tensor]:
+    """``(1/B) Σ_rows c_row ∂Φ/∂θ(s_row)`` for every synapse parameter, explicitly.
+
+    ``states`` are phase-stacked layer activities ``(J·B, n_k)`` and ``coefs`` the matching
+    ``(J·B, 1)`` column. Returns the gradients in :meth:`LayeredNetwork.param_list` order,
+    without the read-out.
+    """
+    n_phases = states[0].shape[0] // batch
+    xf = net.flatten_input(x)
+    out: list[torch.Tensor] = []
+    for k, syn in enumerate(net.synapses):
+        post_c = states[k] * coefs
+        if k == 0:
+            out += syn.phi_grads(post_c, None, xf, n_phases, batch)
+        else:
+            out += syn.phi_grads(post_c, states[k - 1], None, n_phases, batch)
+    return out
+
+
+@dataclass
+class EPResult:
+    """Loss-gradient estimate and the relaxations that produced it."""
+
+    grads: list[torch.Tensor]
+    free: RelaxResult
+    nudged: RelaxResult
+    plan: Plan
+
+
+def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimator: Estimator,
+                 T: int, K: int, *, generator: torch.Generator | None = None,
+                 free: RelaxResult | None = None, drive: torch.Tensor | None = None,
+                 record_nudged: bool = False) -> EPResult:
+    """One EP iteration: free phase (T steps from 0), nudged phases (K steps from ``s_*``), estimate.
+
+    All nudged phases of the plan run together as one batch of ``J·B`` rows (``J = 2`` for the
+    symmetric estimate). Returns loss gradients ``−∇̂`` in :meth:`LayeredNetwork.param_list` order.
+    """
+    batch = x.shape[0]
+    with torch.no_grad():
+        if drive is None:
+            drive = net.input_drive(x)
+        if free is None:
+            free = relax(net, drive, net.zero_state(batch), T)
+        plan = estimator.plan(generator)
+        J = len(plan.betas)
+        start = [s.repeat(J, 1) for s in free.state]
+        beta_col = _rows(plan.betas, batch, drive)
+        yJ = y.repeat(J) if y.dim() == 1 else y.repeat(J, 1)
+        nudged = relax(net, drive.repeat(J, 1), start, K, y=yJ, beta=beta_col, record=record_nudged)
+        grads = estimate_from_states(net, x, y, free.state, nudged.state, plan, batch)
+    return EPResult(grads, free, nudged, plan)
+
+
+def estimate_from_states(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, free_state, nudged_state,
+                         plan: Plan, batch: int) -> list[torch.Tensor]:
+    """Loss gradients ``−∇̂`` from a free state and phase-stacked nudged states (Eq. 24–29)."""
+    coefs = _rows(plan.coefs, batch, nudged_state[0])
+    if plan.coef_free != 0.0:
+        states = [torch.cat([f, s]) for f, s in zip(free_state, nudged_state)]
+        coefs = torch.cat([torch.full((batch, 1), plan.coef_free, dtype=coefs.dtype, device=coefs.device), coefs])
+    else:
+        states = nudged_state
+    grads = [-g for g in combine_phi_grads(net, x, states, coefs, batch)]
+    if net.readout is not None:
+        J = len(plan.betas)
+        s_last = nudged_state[-1]
+        yo = net.one_hot(y).repeat(J, 1)
+        err = torch.softmax(s_last @ net.readout.t(), -1) - yo  # ∂ℓ/∂(w_out s)
+        w = _rows(plan.readout, batch, s_last)
+        grads.append((err * w).t() @ s_last / batch)
+    return grads
