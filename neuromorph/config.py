@@ -1,0 +1,301 @@
+"""Run configuration: frozen dataclasses loaded from TOML, with ``--set key=value`` overrides.
+
+Every field is type-checked and range-checked when the config is built; a bad value raises
+:class:`ConfigError` naming the field (``train.lr``), the value and what is allowed. One
+source of truth: the defaults below are the only defaults.
+
+A config file has the sections ``[model]``, ``[ep]``, ``[train]``, ``[data]`` and ``[output]``
+plus an optional top-level ``name``; see ``configs/`` for examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .activations import ACTIVATIONS
+from .estimators import ESTIMATORS
+from .network import LOSSES
+
+__all__ = ["ConfigError", "ModelConfig", "EPConfig", "TrainConfig", "DataConfig", "OutputConfig", "RunConfig",
+           "load_config", "config_from_dict", "apply_overrides", "config_to_dict", "dump_toml"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+def _choice(path: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{path} = {value!r} is not allowed; choose one of: {', '.join(sorted(allowed))}")
+
+
+def _check(path: str, ok: bool, value: Any, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"{path} = {value!r} is invalid: must be {what}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The layered convergent RNN."""
+
+    layers: tuple[int, ...] = (64, 128, 10)
+    """Layer sizes ``[n_in, n_1, …, n_classes]``; the first must match the data, the last the classes."""
+    loss: str = "mse"
+    """``"mse"``: output layer in the state, squared error (Eq. 10); ``"xent"``: softmax read-out (Eq. 12–13)."""
+    activation: str = "half_hard_sigmoid"
+    """σ, see :mod:`neuromorph.activations` (the paper's Eq. 43 by default)."""
+    bias: bool = True
+    init_scale: float = 1.0
+    """Multiplier of PyTorch's default (uniform Kaiming) init bounds."""
+
+    def __post_init__(self):
+        _choice("model.loss", self.loss, LOSSES)
+        _choice("model.activation", self.activation, ACTIVATIONS)
+        need = 2 if self.loss == "mse" else 3
+        _check("model.layers", len(self.layers) >= need and all(n >= 1 for n in self.layers), list(self.layers),
+               f"at least {need} positive sizes for loss={self.loss!r}")
+        _check("model.init_scale", math.isfinite(self.init_scale) and self.init_scale >= 0, self.init_scale,
+               "a finite number >= 0")
+
+
+@dataclass(frozen=True)
+class EPConfig:
+    """Equilibrium Propagation phases and estimator (Eq. 3/5, Algorithm 1)."""
+
+    estimator: str = "symmetric"
+    beta: float = 0.5
+    T: int = 30
+    """Free-phase steps (also the BPTT horizon)."""
+    K: int = 10
+    """Nudged-phase steps."""
+    convergence_tol: float = 1e-3
+    """A sample whose last free step moved a unit by more than this is counted as not converged."""
+
+    def __post_init__(self):
+        _choice("ep.estimator", self.estimator, ESTIMATORS)
+        _check("ep.beta", math.isfinite(self.beta) and self.beta > 0, self.beta, "a finite number > 0")
+        _check("ep.T", self.T >= 1, self.T, "an integer >= 1")
+        _check("ep.K", self.K >= 1, self.K, "an integer >= 1")
+        _check("ep.convergence_tol", self.convergence_tol > 0, self.convergence_tol, "> 0")
+
+
+ALGORITHMS = ("ep", "bptt")
+OPTIMIZERS = ("sgd", "adam")
+DTYPES = ("float32", "float64")
+AFTER_DECAY = ("continue", "hold")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation (Table 2 for the paper's CIFAR-10 values)."""
+
+    algorithm: str = "ep"
+    """``"ep"`` or ``"bptt"`` (backpropagation through the whole free phase)."""
+    epochs: int = 10
+    batch_size: int = 50
+    optimizer: str = "sgd"
+    lr: tuple[float, ...] = (0.1,)
+    """Learning rate per synapse layer (then the read-out), or one value for all."""
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    decay_epochs: int = 0
+    """Cosine annealing decay time in epochs (0: constant learning rate)."""
+    lr_final: float = 0.0
+    """Learning rate reached after ``decay_epochs``."""
+    after_decay: str = "continue"
+    """Past ``decay_epochs``: ``"continue"`` the cosine (torch's CosineAnnealingLR) or ``"hold"`` ``lr_final``."""
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    eval_batch_size: int = 1000
+    threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+    progress: bool = True
+
+    def __post_init__(self):
+        _choice("train.algorithm", self.algorithm, ALGORITHMS)
+        _choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        _choice("train.dtype", self.dtype, DTYPES)
+        _choice("train.after_decay", self.after_decay, AFTER_DECAY)
+        _check("train.epochs", self.epochs >= 1, self.epochs, "an integer >= 1")
+        _check("train.batch_size", self.batch_size >= 1, self.batch_size, "an integer >= 1")
+        _check("train.eval_batch_size", self.eval_batch_size >= 1, self.eval_batch_size, "an integer >= 1")
+        _check("train.lr", len(self.lr) >= 1 and all(math.isfinite(v) and v >= 0 for v in self.lr), list(self.lr),
+               "a non-empty list of finite numbers >= 0")
+        _check("train.momentum", 0 <= self.momentum < 1, self.momentum, "in [0, 1)")
+        _check("train.weight_decay", math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+               self.weight_decay, "a finite number >= 0")
+        _check("train.decay_epochs", self.decay_epochs >= 0, self.decay_epochs, "an integer >= 0")
+        _check("train.lr_final", math.isfinite(self.lr_final) and self.lr_final >= 0, self.lr_final, ">= 0")
+        _check("train.threads", self.threads >= 0, self.threads, "an integer >= 0")
+        _check("train.device", self.device == "cpu" or self.device.startswith("cuda"), self.device,
+               '"cpu" or "cuda[:N]"')
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: str = "digits"
+    """``"digits"`` (scikit-learn, embedded), ``"mnist"`` or ``"cifar10"``."""
+    dir: str = ""
+    """Data directory; empty: ``$NEUROMORPH_DATA``, then ``../shared/data``."""
+    n_train: int = 0
+    """Use only the first n training examples (0: all)."""
+    n_test: int = 0
+    verify: bool = True
+    """Check the md5 sums of the files against the published ones."""
+
+    def __post_init__(self):
+        _choice("data.name", self.name, ("digits", "mnist", "cifar10"))
+        _check("data.n_train", self.n_train >= 0, self.n_train, "an integer >= 0")
+        _check("data.n_test", self.n_test >= 0, self.n_test, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = "runs/default"
+    """Run directory: metrics.jsonl, checkpoint.pt, config.toml, plots."""
+    checkpoint: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    ep: EPConfig = field(default_factory=EPConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def _coerce(path: str, value: Any, tp: Any) -> Any:
+    """Check ``value`` against the annotation ``tp`` (int, float, bool, str, tuple[X, ...])."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (inner, _ellipsis) = typing.get_args(tp)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path} = {value!r} is invalid: must be a list of {inner.__name__}")
+        return tuple(_coerce(f"{path}[{i}]", v, inner) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path} = {value!r} is invalid: must be true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path} = {value!r} is invalid: must be an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path} = {value!r} is invalid: must be a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path} = {value!r} is invalid: must be a string")
+        return value
+    raise TypeError(f"unsupported annotation {tp} at {path}")  # a programming error, not user input
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{prefix}] must be a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"[{prefix}]" if prefix else "the top level"
+        raise ConfigError(f"unknown key(s) {', '.join(unknown)} in {where}; allowed: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        path = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, path)
+        else:
+            kwargs[name] = _coerce(path, value, tp)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from nested dicts (missing keys take the defaults)."""
+    return _build(RunConfig, data, "")
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # a bare word is a string: --set data.name=mnist
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as TOML, bare words as strings)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if not all(parts):
+            raise ConfigError(f"override {item!r} has an empty key")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = _parse_value(text.strip())
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a TOML config (or the defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            data = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    return config_from_dict(apply_overrides(data, overrides or []))
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain nested dict (tuples as lists): for checkpoints, metrics and TOML output."""
+    def conv(v):
+        if isinstance(v, tuple):
+            return [conv(u) for u in v]
+        if isinstance(v, dict):
+            return {k: conv(u) for k, u in v.items()}
+        return v
+    return conv(dataclasses.asdict(cfg))
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(u) for u in v) + "]"
+    raise TypeError(type(v))
+
+
+def dump_toml(cfg: RunConfig) -> str:
+    """The resolved config as TOML text (round-trips through :func:`load_config`)."""
+    d = config_to_dict(cfg)
+    lines = [f"name = {_toml_value(d.pop('name'))}"]
+    for section, values in d.items():
+        lines.append(f"\n[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
+
