@@ -68,12 +68,13 @@ def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
     ctx = torch.enable_grad() if track_grad else torch.no_grad()
     with ctx:
         consts, ngb = net.constants(drive, y, beta, params)
+        split = net._split(params)
         traj = [list(state)] if record else None
         s = list(state)
         prev = s
         for _ in range(steps):
             prev = s
-            s = net.step(s, consts, ngb, params, inplace=not track_grad)
+            s = net.step(s, consts, ngb, inplace=not track_grad, split=split)
             if record:
                 traj.append(s)
         residual = None

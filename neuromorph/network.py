@@ -151,6 +151,8 @@ class LayeredNetwork(nn.Module):
             self.groups.append([self.readout])
             params.append(self.readout)
         self.params = nn.ParameterList(params)
+        self._plist = params  # plain list: ParameterList indexing is slow in the hot loop
+        self._cached_split = self._split(params)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -167,11 +169,13 @@ class LayeredNetwork(nn.Module):
 
     def param_list(self) -> list[torch.Tensor]:
         """Parameters in the fixed order ``[w_1, b_1, w_2, b_2, …, (w_out)]``."""
-        return list(self.params)
+        return list(self._plist)
 
     def _split(self, params: Sequence[torch.Tensor] | None):
         """Per-synapse parameter lists and the read-out, from a flat list in :meth:`param_list` order."""
-        p = self.param_list() if params is None else list(params)
+        if params is None:
+            return self._cached_split
+        p = list(params)
         per, i = [], 0
         for syn in self.synapses:
             n = 2 if syn.bias else 1
@@ -253,12 +257,13 @@ class LayeredNetwork(nn.Module):
         return consts, -g * beta_col
 
     def step(self, state: State, consts: list[torch.Tensor], neg_gamma_beta: torch.Tensor | None,
-             params: Sequence[torch.Tensor] | None = None, inplace: bool = False) -> State:
+             params: Sequence[torch.Tensor] | None = None, inplace: bool = False, split=None) -> State:
         """One synchronous step of Eq. 4 (all layers from the previous state), explicit.
 
         ``inplace=True`` is the autograd-free hot-loop form; ``False`` keeps the graph (BPTT).
+        ``split`` is ``self._split(params)`` precomputed by the caller's loop.
         """
-        per, ro = self._split(params)
+        per, ro = split if split is not None else self._split(params)
         syns = self.synapses
         g = self.act.gain
         n = len(state)

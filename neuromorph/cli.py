@@ -1,0 +1,131 @@
+"""The ``neuromorph`` command: ``train``, ``evaluate``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import tomllib
+from dataclasses import replace
+from pathlib import Path
+
+from .config import ConfigError, apply_overrides, config_from_dict, load_config
+
+__all__ = ["main"]
+
+
+def _cmd_train(args) -> int:
+    from .train import Trainer
+
+    overrides = list(args.set or [])
+    if args.out:
+        overrides.append(f"output.dir={_quote(args.out)}")
+    cfg = load_config(args.config, overrides)
+    trainer = Trainer(cfg, resume=args.resume)
+    hist = trainer.fit()
+    if hist:
+        best = max(h["test_acc"] for h in hist)
+        print(f"final test accuracy {hist[-1]['test_acc']:.4f} (best {best:.4f}); run directory {cfg.output.dir}")
+    return 0
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _cmd_evaluate(args) -> int:
+    from .data import load_dataset
+    from .train import evaluate, load_checkpoint, network_from_checkpoint
+
+    ck = load_checkpoint(args.checkpoint)
+    net, cfg = network_from_checkpoint(ck, device=args.device)
+    ds = load_dataset(cfg.data.name, args.data_dir or cfg.data.dir or None, verify=cfg.data.verify)
+    x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
+    x = x.reshape(len(x), -1).to(net.device, net.dtype)
+    t0 = time.perf_counter()
+    m = evaluate(net, x, y.to(net.device), cfg.ep.T, cfg.train.eval_batch_size, cfg.ep.convergence_tol)
+    print(f"{cfg.name} (epoch {ck['epoch'] + 1}) on {cfg.data.name}/{args.split}: accuracy {m['acc']:.4f}  "
+          f"error {100 * (1 - m['acc']):.2f}%  loss {m['loss']:.4f}  not converged {100 * m['nonconverged']:.2f}%  "
+          f"({len(x)} examples, {time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .plots import plot_learning_curves
+    from .recipes import recipe_text
+    from .train import Trainer
+
+    data = apply_overrides(tomllib.loads(recipe_text("demo_digits")), list(args.set or []))
+    base = config_from_dict(data)
+    out = Path(args.out)
+    runs = [("EP symmetric", {"algorithm": "ep"}, {"estimator": "symmetric"}),
+            ("EP one-sided", {"algorithm": "ep"}, {"estimator": "one_sided"}),
+            ("BPTT", {"algorithm": "bptt"}, {})]
+    rows, histories = [], {}
+    dataset = None
+    for label, train_kw, ep_kw in runs:
+        slug = label.lower().replace(" ", "-")
+        cfg = replace(base, name=f"demo-{slug}", train=replace(base.train, **train_kw), ep=replace(base.ep, **ep_kw),
+                      output=replace(base.output, dir=str(out / slug)))
+        tr = Trainer(cfg, dataset=dataset)
+        dataset = tr.dataset
+        t0 = time.perf_counter()
+        hist = tr.fit(log=None)
+        wall = time.perf_counter() - t0
+        histories[label] = hist
+        rows.append((label, hist[-1]["test_acc"], max(h["test_acc"] for h in hist), hist[-1]["train_acc"], wall,
+                     sum(h["samples_per_s"] for h in hist) / len(hist)))
+        print(f"  {label:<13} done: test accuracy {hist[-1]['test_acc']:.4f} in {wall:.1f}s", flush=True)
+    fig = plot_learning_curves(histories, out / "learning_curves.png",
+                               title=f"digits, {'-'.join(map(str, base.model.layers))} ({base.model.loss})")
+    print()
+    print(f"{'run':<14}{'test acc':>10}{'best':>8}{'train acc':>11}{'time (s)':>10}{'samples/s':>11}")
+    for label, acc, best, tr_acc, wall, sps in rows:
+        print(f"{label:<14}{acc:>10.4f}{best:>8.4f}{tr_acc:>11.4f}{wall:>10.1f}{sps:>11.0f}")
+    print(f"\nlearning curves: {fig}  (runs, metrics and checkpoints under {out}/)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neuromorph", description="Equilibrium Propagation on simulated analog hardware.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a network from a TOML config")
+    t.add_argument("--config", required=True, help="TOML config file (see configs/)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=5 --set 'train.lr=[0.1,0.05]'")
+    t.add_argument("--out", help="run directory (overrides output.dir)")
+    t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on its dataset")
+    e.add_argument("checkpoint")
+    e.add_argument("--split", choices=("test", "train"), default="test")
+    e.add_argument("--data-dir", help="data directory (default: the checkpoint's, $NEUROMORPH_DATA, ../shared/data)")
+    e.add_argument("--device", default="cpu")
+    e.set_defaults(func=_cmd_evaluate)
+
+    d = sub.add_parser("demo", help="EP (symmetric, one-sided) vs BPTT on scikit-learn's digits, with a plot")
+    d.add_argument("--out", default="runs/demo")
+    d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the embedded demo config")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .data import DatasetError
+    from .train import CheckpointError, TrainingDiverged
+
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, CheckpointError, TrainingDiverged, ValueError) as e:
+        print(f"neuromorph {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"neuromorph {args.command}: interrupted; a run continues with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
