@@ -287,17 +287,3 @@ class LayeredNetwork(nn.Module):
                     z = z.addmm_(y_hat * neg_gamma_beta, ro) if inplace else z + (y_hat * neg_gamma_beta) @ ro
             new.append(self.act.unit_(z) if inplace else self.act.unit_fn(z))
         return new
-
-    def explicit_grad_phi_s(self, x: torch.Tensor, state: State) -> State:
-        """``∂Φ/∂s^k`` written out (no σ, no nudge): for tests against autograd of Φ."""
-        per, _ = self._split(None)
-        chain = [self.flatten_input(x), *state]
-        out = []
-        for k, syn in enumerate(self.synapses):
-            a = chain[k] @ per[k][0].t()
-            if syn.bias:
-                a = a + per[k][1]
-            if k + 1 < len(self.synapses):
-                a = a + chain[k + 2] @ per[k + 1][0]
-            out.append(a)
-        return out
