@@ -1,4 +1,4 @@
-"""The ``neuromorph`` command: ``train``, ``evaluate``, ``demo``."""
+"""The ``neuromorph`` command: ``train``, ``evaluate``, ``demo``, ``device``."""
 
 from __future__ import annotations
 
@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the embedded demo config")
     d.set_defaults(func=_cmd_demo)
+
+    from .devices.cli import add_parser as add_device_parser
+
+    add_device_parser(sub)
     return p
 
 
