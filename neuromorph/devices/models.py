@@ -1,0 +1,531 @@
+r"""Vectorised arrays of memristive devices (torch, CPU or CUDA, float32 or float64, seeded).
+
+:class:`DeviceArray` holds one conductance per device (siemens) and the device-to-device (d2d) parameters sampled
+when it is built; :meth:`DeviceArray.apply_pulses` applies signed pulse counts (> 0 potentiation, < 0 depression),
+:meth:`DeviceArray.read` returns the conductances as read (drift, read noise, stuck devices).
+
+Models (``card.model``)
+-----------------------
+All step models work in aihwkit's normalised weight ``w`` per device, mapped to conductance by
+``g = g_ref + s w`` with ``s = (g_max - g_min)/(w_max - w_min)`` [S] and ``g_ref = g_min - s w_min`` (w = 0).
+A device has bounds ``b_min <= 0 <= b_max`` and steps ``s_up, s_dn > 0`` (aihwkit ``PulsedRPUDevice::populate``)::
+
+    b_max = |w_max (1 + w_max_dtod xi)|,   b_min = -|w_min (1 + w_min_dtod xi)|
+    s_up  = |(up_bias + gain + r) dw_min|,  s_dn = |(down_bias + gain - r) dw_min|
+    gain = 1 + dw_min_dtod xi,  r = up_down_dtod xi,
+    up_bias = min(up_down, 0),  down_bias = -max(up_down, 0)
+
+One pulse (xi a fresh standard normal per pulse and device, sigma = ``dw_min_std``), then clip to [b_min, b_max]:
+
+* ``constant_step`` (aihwkit ConstantStep):   w += s_up (1 + sigma xi)   |   w -= s_dn (1 + sigma xi)
+* ``linear_step`` (aihwkit LinearStep):        w += (k_up w + s_up)(1 + sigma xi)  |  w -= (k_dn w + s_dn)(1 + sigma xi)
+  (additive noise: the noise multiplies only s), with ``k_up = -|gamma_up + gamma_up_dtod xi| s_up / w_ref_up``,
+  ``k_dn = -|gamma_down + gamma_down_dtod xi| s_dn / w_ref_dn``, ``w_ref`` = w_max / w_min (mean_bound_reference)
+  or the device's b_max / b_min.
+* ``soft_bounds`` (aihwkit SoftBounds): linear step with gamma = 1 and the device's own bounds,
+  i.e. w += s_up (1 - w/b_max), w -= s_dn (1 - w/b_min).
+* ``exp_step`` (aihwkit ExpStep): z = 2 a w/(b_max - b_min) + b,
+  w += max(1 - A_up e^{gamma_up z}, 0) s_up (1 + sigma xi),
+  w -= max(1 - A_down e^{-gamma_down z}, 0) s_dn (1 + sigma xi);
+  with ``dw_min_std_add``/``dw_min_std_slope`` > 0 aihwkit's "complex noise":
+  w += dw + sigma (|dw| + add + slope |w|) xi.
+* write noise (``write_noise_std`` > 0, aihwkit): the update acts on a hidden persistent conductance; what is read
+  is ``g_persistent + write_noise_std * dw_min * s * xi`` (floored at 0 S), resampled each time a device is
+  updated or set.
+
+``neurosim``: NeuroSim's ``G(P) = B (1 - e^{-P/A}) + G_min`` (see :mod:`neuromorph.devices.neurosim`); a write of n
+pulses moves P by n on the LTP (n > 0) or LTD (n < 0) curve, then adds NeuroSim's cycle-to-cycle term
+``N(0, c2c_sigma (G_max - G_min)) sqrt(|n|)`` and clips (``RealDevice::Write``). One :meth:`apply_pulses` call is one
+NeuroSim write; n single-pulse calls give the per-pulse noise of n independent draws. d2d: the NL labels get
+``N(0, nl_dtod)`` (NeuroSim sigmaDtoD), G_min / G_max get relative spreads ``g_min_dtod`` / ``g_max_dtod``.
+
+``ideal``: linear and continuous, a pulse moves g by exactly ``dw_min (g_max - g_min)`` (plus NeuroSim-style
+``c2c_sigma`` if set), ``set_conductance`` is exact.
+
+Closed forms are used where they are exact: NeuroSim and ideal always; constant, linear and soft-bounds steps
+without cycle-to-cycle noise (the geometric series of the affine step map, then the clip, which equals the
+per-pulse clip because the sequence is monotone). Otherwise the pulses are applied one at a time, vectorised over
+the devices that still have pulses left (a loop bounded by max |n|).
+
+Common non-idealities: ``stuck_at_min_frac`` / ``stuck_at_max_frac`` (devices that sit at their own bound and
+ignore programming), drift ``G(t) = G (max(t, t0)/t0)^-nu`` with nu ~ N(drift_nu, drift_nu_std) per device
+(clipped at 0), read noise ``N(0, read_noise_std G_max)`` fresh on every read.
+
+Physical floor: aihwkit has no notion of a non-negative conductance; a device whose sampled lower bound would be
+below 0 S is floored at 0 S (documented per card where this can happen).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import torch
+
+from . import neurosim as ns
+from .cards import STEP_MODELS, DeviceCard
+
+__all__ = ["DeviceArray", "pulse_response"]
+
+
+@lru_cache(maxsize=1)
+def _label_u_table() -> tuple[list[float], list[float]]:
+    """(labels, u = 1/a_norm) on a 0.0025 grid over [0, 9], for vectorised d2d label -> A."""
+    labels = [i * 0.0025 for i in range(3601)]
+    us = [0.0] + [1.0 / ns.a_norm_from_label(x) for x in labels[1:]]
+    return labels, us
+
+
+def _u_of_labels(nl: torch.Tensor) -> torch.Tensor:
+    """1/a_norm for a tensor of labels (linear interpolation of the exact relation; signed)."""
+    labels, us = _label_u_table()
+    lab = torch.tensor(labels, dtype=torch.float64, device=nl.device)
+    u = torch.tensor(us, dtype=torch.float64, device=nl.device)
+    x = nl.abs().to(torch.float64).clamp(max=9.0)
+    i = torch.bucketize(x, lab).clamp(1, len(labels) - 1)
+    x0, x1, u0, u1 = lab[i - 1], lab[i], u[i - 1], u[i]
+    val = u0 + (u1 - u0) * (x - x0) / (x1 - x0)
+    return (torch.sign(nl.to(torch.float64)) * val).to(nl.dtype)
+
+
+class DeviceArray:
+    """An array of devices of one card. See the module docstring for the equations.
+
+    Parameters: ``card``; ``shape`` (int or tuple); ``generator`` (a seeded :class:`torch.Generator`, used for the
+    d2d sampling at construction and, unless another is passed, for the per-pulse / per-read noise);
+    ``device``, ``dtype``; ``g_init``: initial conductance ("min" (default, NeuroSim's initial state), "max",
+    "center" (aihwkit's w = 0 for step models, mid-range otherwise), a number [S] or a tensor [S]).
+
+    Attributes: ``g`` (conductances as programmed [S], without read noise or drift), ``g_min``/``g_max``
+    (per-device bounds after d2d [S]), ``stuck_min``/``stuck_max`` (bool masks), ``nu`` (drift exponents or None),
+    ``pulse_count`` (int64 per device), ``read_count`` (number of whole-array reads), ``dg_nominal`` [S].
+    """
+
+    def __init__(self, card: DeviceCard, shape: int | Sequence[int], *, generator: torch.Generator,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 g_init: str | float | torch.Tensor | None = None) -> None:
+        if not isinstance(card, DeviceCard):
+            raise TypeError(f"card must be a DeviceCard, not {type(card).__name__}")
+        if not isinstance(generator, torch.Generator):
+            raise TypeError("generator must be a torch.Generator (seeded), e.g. torch.Generator().manual_seed(0)")
+        if dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"dtype must be torch.float32 or torch.float64, not {dtype}")
+        self.card = card
+        self.shape = torch.Size((shape,) if isinstance(shape, int) else tuple(shape))
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.generator = generator
+        self.model = card.model
+        self.pulse_count = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
+        self.read_count = 0
+        self._g_app: torch.Tensor | None = None
+        self._sample()
+        self._gp = self._initial(g_init)
+
+    def __repr__(self) -> str:
+        return (f"DeviceArray({self.card.name!r}, model={self.model}, shape={tuple(self.shape)}, "
+                f"device={self.device}, dtype={self.dtype})")
+
+    # ------------------------------------------------------------------ random numbers
+    def _gen_ok(self, gen: torch.Generator) -> bool:
+        gd = gen.device
+        return gd.type == self.device.type and (gd.index is None or self.device.index is None
+                                                 or gd.index == self.device.index)
+
+    def _randn(self, shape: Sequence[int] | torch.Size | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        gen = generator or self.generator
+        shape = self.shape if shape is None else shape
+        if self._gen_ok(gen):
+            return torch.randn(shape, generator=gen, device=self.device, dtype=self.dtype)
+        return torch.randn(shape, generator=gen, device=gen.device, dtype=self.dtype).to(self.device)
+
+    def _rand(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        gen = generator or self.generator
+        if self._gen_ok(gen):
+            return torch.rand(self.shape, generator=gen, device=self.device, dtype=self.dtype)
+        return torch.rand(self.shape, generator=gen, device=gen.device, dtype=self.dtype).to(self.device)
+
+    def _t(self, x: float) -> torch.Tensor:
+        return torch.full(self.shape, float(x), dtype=self.dtype, device=self.device)
+
+    # ------------------------------------------------------------------ construction
+    def _sample(self) -> None:
+        c = self.card
+        if self.model in STEP_MODELS:
+            self._sample_step()
+        else:
+            x_min, x_max = self._randn(), self._randn()
+            g_min = (c.g_min * (1 + c.g_min_dtod * x_min)).clamp(min=0.0)
+            g_max = c.g_max * (1 + c.g_max_dtod * x_max)
+            self.g_min = g_min
+            self.g_max = torch.maximum(g_max, g_min + 1e-3 * c.g_range)
+            if self.model == "neurosim":
+                x_ltp, x_ltd = self._randn(), self._randn()
+                if c.nl_dtod > 0:
+                    nl_ltp = (c.nl_ltp + c.nl_dtod * x_ltp).clamp(-9.0, 9.0)
+                    nl_ltd = (c.nl_ltd + c.nl_dtod * x_ltd).clamp(-9.0, 9.0)
+                    u_ltp, u_ltd = _u_of_labels(nl_ltp), _u_of_labels(nl_ltd)
+                    inf = torch.full_like(u_ltp, math.inf)
+                    self.a_ltp = torch.where(u_ltp == 0, inf, c.max_pulses / torch.where(u_ltp == 0, 1.0, u_ltp))
+                    self.a_ltd = torch.where(u_ltd == 0, inf,
+                                             c.max_pulses_down / torch.where(u_ltd == 0, 1.0, u_ltd))
+                else:
+                    self.a_ltp = self._t(ns.param_a(c.nl_ltp, c.max_pulses))
+                    self.a_ltd = self._t(ns.param_a(c.nl_ltd, c.max_pulses_down))
+        u = self._rand()
+        self.stuck_min = u < c.stuck_at_min_frac
+        self.stuck_max = (u >= c.stuck_at_min_frac) & (u < c.stuck_at_min_frac + c.stuck_at_max_frac)
+        self.stuck = self.stuck_min | self.stuck_max
+        if c.drift_nu > 0 or c.drift_nu_std > 0:
+            self.nu = (c.drift_nu + c.drift_nu_std * self._randn()).clamp(min=0.0)
+        else:
+            self.nu = None
+
+    def _sample_step(self) -> None:
+        c = self.card
+        self.s = c.g_range / c.w_range  # S per unit of w
+        self.g_ref = c.g_ref
+        dw = c.dw_min * c.w_range  # aihwkit dw_min, in w units
+        x_max, x_min, x_gain, x_r = self._randn(), self._randn(), self._randn(), self._randn()
+        b_max = c.w_max * (1 + c.w_max_dtod * x_max)
+        b_min = c.w_min * (1 + c.w_min_dtod * x_min)
+        swap = b_min > b_max  # aihwkit enforce_consistency
+        b_max, b_min = torch.where(swap, b_min, b_max).abs(), -torch.where(swap, b_max, b_min).abs()
+        # physical floor: no negative conductance
+        b_min = torch.maximum(b_min, torch.full_like(b_min, -self.g_ref / self.s))
+        self.b_min, self.b_max = b_min, b_max
+        up_bias = min(c.up_down, 0.0)
+        down_bias = -max(c.up_down, 0.0)
+        gain = 1 + c.dw_min_dtod * x_gain
+        r = c.up_down_dtod * x_r
+        self.s_up = ((up_bias + gain + r) * dw).abs()
+        self.s_dn = ((down_bias + gain - r) * dw).abs()
+        self.k_up = torch.zeros_like(b_max)
+        self.k_dn = torch.zeros_like(b_max)
+        if self.model in ("linear_step", "soft_bounds"):
+            x_gu, x_gd = self._randn(), self._randn()
+            if self.model == "soft_bounds":
+                d_up, d_dn, ref_up, ref_dn = 1.0, 1.0, b_max, b_min
+            else:
+                d_up = (c.gamma_up + c.gamma_up_dtod * x_gu).abs()
+                d_dn = (c.gamma_down + c.gamma_down_dtod * x_gd).abs()
+                ref_up, ref_dn = (self._t(c.w_max), self._t(c.w_min)) if c.mean_bound_reference else (b_max, b_min)
+            self.k_up = torch.where(ref_up != 0, -d_up * self.s_up / torch.where(ref_up != 0, ref_up, 1.0), 0.0)
+            self.k_dn = torch.where(ref_dn != 0, -d_dn * self.s_dn / torch.where(ref_dn != 0, ref_dn, 1.0), 0.0)
+        self.g_min = self.g_ref + self.s * b_min
+        self.g_max = self.g_ref + self.s * b_max
+
+    def _initial(self, g_init) -> torch.Tensor:
+        if g_init is None or (isinstance(g_init, str) and g_init == "min"):
+            g = self.g_min.clone()
+        elif isinstance(g_init, str):
+            if g_init == "max":
+                g = self.g_max.clone()
+            elif g_init == "center":
+                g = self._t(self.g_ref) if self.model in STEP_MODELS else 0.5 * (self.g_min + self.g_max)
+            else:
+                raise ValueError(f"g_init must be 'min', 'max', 'center', a conductance [S] or a tensor, "
+                                 f"not {g_init!r}")
+        else:
+            g = torch.as_tensor(g_init, dtype=self.dtype, device=self.device).expand(self.shape).clone()
+        g = torch.minimum(torch.maximum(g, self.g_min), self.g_max)
+        return self._stick(g)
+
+    def _stick(self, g: torch.Tensor) -> torch.Tensor:
+        return torch.where(self.stuck_min, self.g_min, torch.where(self.stuck_max, self.g_max, g))
+
+    # ------------------------------------------------------------------ public state
+    @property
+    def g(self) -> torch.Tensor:
+        """Programmed conductances [S] (with write noise where the card has it; no drift, no read noise)."""
+        return self._gp if self._g_app is None else self._g_app
+
+    @g.setter
+    def g(self, value) -> None:
+        """``arr.g = x`` is ``arr.set_conductance(x, count_pulses=False)`` (clipped, NeuroSim levels snapped)."""
+        self.set_conductance(value, count_pulses=False)
+
+    @property
+    def g_persistent(self) -> torch.Tensor:
+        """The hidden conductance the updates act on (equal to ``g`` without write noise)."""
+        return self._gp
+
+    @property
+    def dg_nominal(self) -> float:
+        """Nominal smallest step [S] (range / levels, or dw_min * range)."""
+        return self.card.dg_nominal
+
+    @property
+    def numel(self) -> int:
+        return self.shape.numel()
+
+    def n_levels_between_bounds(self, direction: str = "up") -> int | None:
+        """Pulses from one nominal bound to the other for finite-state models (NeuroSim: max_pulses, LTD:
+        max_pulses_ltd; constant step: 1/(dw_min (1 -+ up_down bias)) with its mean step; ideal: 1/dw_min); None
+        for soft bounds / linear / exp step, whose steps depend on the state."""
+        if direction not in ("up", "down"):
+            raise ValueError("direction must be 'up' or 'down'")
+        c = self.card
+        if self.model == "neurosim":
+            return c.max_pulses if direction == "up" else c.max_pulses_down
+        if self.model == "ideal":
+            return int(math.ceil(1.0 / c.dw_min - 1e-9))
+        if self.model == "constant_step":
+            frac = c.dw_min * ((1 + min(c.up_down, 0.0)) if direction == "up" else (1 - max(c.up_down, 0.0)))
+            return int(math.ceil(1.0 / frac - 1e-9))
+        return None
+
+    def energy(self) -> float:
+        """Energy spent so far [J]: pulses x energy_per_pulse + reads x devices x energy_per_read."""
+        c = self.card
+        return float(self.pulse_count.sum().item()) * c.energy_per_pulse + self.read_count * self.numel * \
+            c.energy_per_read
+
+    # ------------------------------------------------------------------ programming
+    def _as_counts(self, n) -> torch.Tensor:
+        n = torch.as_tensor(n, device=self.device)
+        if n.is_floating_point():
+            if not torch.equal(n, torch.round(n)):
+                raise ValueError("pulse counts must be integers")
+        elif n.dtype == torch.bool:
+            raise ValueError("pulse counts must be integers, not booleans")
+        return n.to(torch.int64).expand(self.shape)
+
+    def apply_pulses(self, n, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Apply |n| pulses per device (n > 0 potentiation, n < 0 depression); returns the realised change of
+        ``g`` [S]. Stuck devices receive (and count) the pulses but do not change."""
+        n = self._as_counts(n)
+        self.pulse_count += n.abs()
+        before = self.g
+        n_eff = torch.where(self.stuck, torch.zeros_like(n), n)
+        if not bool((n_eff != 0).any()):
+            return torch.zeros_like(before)
+        if self.model == "neurosim":
+            gp = self._neurosim(self._gp, n_eff, generator)
+        elif self.model == "ideal":
+            gp = self._ideal(self._gp, n_eff, generator)
+        elif self._closed_form_ok():
+            gp = self._step_closed(self._gp, n_eff)
+        else:
+            gp = self._step_loop(self._gp, n_eff, generator)
+        self._gp = gp
+        self._write_noise(n_eff != 0, generator)
+        return self.g - before
+
+    def set_conductance(self, g_target, *, count_pulses: bool = True,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Program conductances directly (refresh; program-and-verify): the target is clipped to each device's
+        bounds and, for NeuroSim, snapped to the nearest level of the LTP curve; write noise is redrawn.
+        Cost model: the pulses counted are the nominal steps traversed, ``round(|g_new - g_old| / dg_nominal)``.
+        ``mask`` (bool, broadcastable to the shape): program only those devices, the others keep their state,
+        write noise and counts. Stuck devices keep their value. Returns the new ``g``."""
+        sel = ~self.stuck
+        if mask is not None:
+            sel = sel & torch.as_tensor(mask, dtype=torch.bool, device=self.device).expand(self.shape)
+        tgt = torch.as_tensor(g_target, dtype=self.dtype, device=self.device).expand(self.shape)
+        tgt = torch.minimum(torch.maximum(tgt, self.g_min), self.g_max)
+        if self.model == "neurosim":
+            c = self.card
+            p = torch.round(ns.inverse_curve(tgt, self.a_ltp, c.max_pulses, self.g_min, self.g_max))
+            tgt = ns.curve(p, self.a_ltp, c.max_pulses, self.g_min, self.g_max)
+            tgt = torch.minimum(torch.maximum(tgt, self.g_min), self.g_max)
+        new = torch.where(sel, tgt, self._gp)
+        if count_pulses:
+            steps = torch.round((new - self._gp).abs() / self.dg_nominal).to(torch.int64)
+            self.pulse_count += torch.where(sel, steps, torch.zeros_like(steps))
+        self._gp = new
+        self._write_noise(sel, None)
+        return self.g
+
+    def reset(self, to: str = "min", *, count_pulses: bool = True, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Program every device (or those in ``mask``) to its own bound (``to`` = "min" or "max")."""
+        if to not in ("min", "max"):
+            raise ValueError("reset(to=...) must be 'min' or 'max'")
+        return self.set_conductance(self.g_min if to == "min" else self.g_max, count_pulses=count_pulses, mask=mask)
+
+    # ------------------------------------------------------------------ reading
+    def read(self, t: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Conductances as read [S]: drift ``g (max(t, t0)/t0)^-nu`` when ``t`` (seconds since programming) is given
+        and the card drifts, stuck devices at their bound, plus fresh read noise ``N(0, read_noise_std g_max)``."""
+        c = self.card
+        g = self.g
+        if t is not None:
+            t = float(t)
+            if not t > 0:
+                raise ValueError(f"read time t must be > 0 s, got {t}")
+            if self.nu is not None:
+                g = self._stick(g * (max(t, c.drift_t0) / c.drift_t0) ** (-self.nu))
+        if c.read_noise_std > 0:
+            g = g + c.read_noise_std * c.g_max * self._randn(generator=generator)
+        self.read_count += 1
+        return g
+
+    # ------------------------------------------------------------------ model internals
+    def _write_noise(self, touched: torch.Tensor, generator) -> None:
+        c = self.card
+        if self.model not in STEP_MODELS or c.write_noise_std <= 0:
+            return
+        sigma = c.write_noise_std * c.dw_min * c.w_range * self.s  # aihwkit: write_noise_std * dw_min, in S
+        app = (self._gp + sigma * self._randn(generator=generator)).clamp(min=0.0)
+        base = self._gp if self._g_app is None else self._g_app
+        self._g_app = torch.where(touched, app, base)
+
+    def _neurosim(self, gp: torch.Tensor, n: torch.Tensor, generator) -> torch.Tensor:
+        c = self.card
+        nf = n.to(self.dtype)
+        p_up = ns.inverse_curve(gp, self.a_ltp, c.max_pulses, self.g_min, self.g_max)
+        g_up = ns.curve(p_up + nf, self.a_ltp, c.max_pulses, self.g_min, self.g_max)
+        p_dn = ns.inverse_curve(gp, self.a_ltd, c.max_pulses_down, self.g_min, self.g_max)
+        g_dn = ns.curve(p_dn + nf, self.a_ltd, c.max_pulses_down, self.g_min, self.g_max)
+        g = torch.where(n > 0, g_up, torch.where(n < 0, g_dn, gp))
+        if c.c2c_sigma > 0:
+            g = g + torch.where(n != 0, c.c2c_sigma * c.g_range * nf.abs().sqrt() * self._randn(generator=generator),
+                                0.0)
+        g = torch.minimum(torch.maximum(g, self.g_min), self.g_max)
+        return torch.where(n != 0, g, gp)
+
+    def _ideal(self, gp: torch.Tensor, n: torch.Tensor, generator) -> torch.Tensor:
+        c = self.card
+        nf = n.to(self.dtype)
+        g = gp + nf * c.dg_nominal
+        if c.c2c_sigma > 0:
+            g = g + torch.where(n != 0, c.c2c_sigma * c.g_range * nf.abs().sqrt() * self._randn(generator=generator),
+                                0.0)
+        return torch.minimum(torch.maximum(g, self.g_min), self.g_max)
+
+    def _closed_form_ok(self) -> bool:
+        if self.model not in ("constant_step", "linear_step", "soft_bounds") or self.card.dw_min_std > 0:
+            return False
+        # the affine step maps must contract monotonically (0 < r <= 1)
+        return bool(((1 + self.k_up) > 0).all() and ((1 - self.k_dn) > 0).all())
+
+    def _step_closed(self, gp: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        w = (gp - self.g_ref) / self.s
+        nf = n.to(self.dtype)
+        m = nf.abs()
+        if self.model == "constant_step":
+            w_new = torch.where(n > 0, w + m * self.s_up, w - m * self.s_dn)
+        else:
+            w_up = self._affine(w, m, 1 + self.k_up, self.s_up)
+            w_dn = self._affine(w, m, 1 - self.k_dn, -self.s_dn)
+            w_new = torch.where(n > 0, w_up, w_dn)
+        w_new = torch.minimum(torch.maximum(w_new, self.b_min), self.b_max)
+        w_new = torch.where(n != 0, w_new, w)
+        return torch.where(n != 0, self.g_ref + self.s * w_new, gp)
+
+    @staticmethod
+    def _affine(w: torch.Tensor, m: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """m-fold iterate of w -> r w + c: r^m w + c (1 - r^m)/(1 - r) (= c m for r = 1)."""
+        log_r = torch.log(r)
+        rm = torch.exp(m * log_r)
+        one_minus_r = 1 - r
+        geo = torch.where(one_minus_r.abs() > 1e-12, -torch.expm1(m * log_r) / torch.where(
+            one_minus_r.abs() > 1e-12, one_minus_r, 1.0), m)
+        return rm * w + c * geo
+
+    def _step_loop(self, gp: torch.Tensor, n: torch.Tensor, generator) -> torch.Tensor:
+        c = self.card
+        flat_n = n.reshape(-1)
+        idx = torch.nonzero(flat_n, as_tuple=True)[0]
+        m = flat_n[idx].abs()
+        m, order = torch.sort(m, descending=True)
+        idx = idx[order]
+        up = flat_n[idx] > 0
+
+        def take(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(-1)[idx]
+
+        w = (take(gp) - self.g_ref) / self.s
+        b_min, b_max, s_up, s_dn = take(self.b_min), take(self.b_max), take(self.s_up), take(self.s_dn)
+        k_up, k_dn = take(self.k_up), take(self.k_dn)
+        step = torch.where(up, s_up, -s_dn)
+        slope = torch.where(up, k_up, -k_dn)
+        sigma = c.dw_min_std
+        complex_noise = self.model == "exp_step" and (c.dw_min_std_add > 0 or c.dw_min_std_slope > 0)
+        if self.model == "exp_step":
+            inv_bdiff = 2.0 * c.a / (b_max - b_min).clamp(min=1e-30)
+        hist = torch.bincount(m.cpu(), minlength=int(m[0].item()) + 1)
+        active = (m.numel() - torch.cumsum(hist, 0)).tolist()  # active[k] = number of devices with m > k
+        for k in range(int(m[0].item())):
+            a = active[k]
+            ws = w[:a]
+            if self.model == "exp_step":
+                z = ws * inv_bdiff[:a] + c.b
+                y = torch.where(up[:a], 1 - c.A_up * torch.exp(c.gamma_up * z),
+                                1 - c.A_down * torch.exp(-c.gamma_down * z)).clamp(min=0.0)
+                dw = y * step[:a]
+                if complex_noise:
+                    std = sigma * (dw.abs() + c.dw_min_std_add * c.w_range + c.dw_min_std_slope * ws.abs())
+                    dw = dw + std * self._randn((a,), generator)
+                elif sigma > 0:
+                    dw = dw * (1 + sigma * self._randn((a,), generator))
+            elif self.model == "constant_step":
+                dw = step[:a] if sigma <= 0 else step[:a] * (1 + sigma * self._randn((a,), generator))
+            else:  # linear_step, soft_bounds
+                det = slope[:a] * ws
+                if sigma <= 0:
+                    dw = det + step[:a]
+                elif c.mult_noise:
+                    dw = (det + step[:a]) * (1 + sigma * self._randn((a,), generator))
+                else:
+                    dw = det + step[:a] * (1 + sigma * self._randn((a,), generator))
+            w[:a] = torch.minimum(torch.maximum(ws + dw, b_min[:a]), b_max[:a])
+        out = gp.reshape(-1).clone()
+        out[idx] = self.g_ref + self.s * w
+        return out.reshape(self.shape)
+
+    # ------------------------------------------------------------------ deterministic traces
+    def _deterministic(self) -> bool:
+        c = self.card
+        if self.model in STEP_MODELS:
+            return c.dw_min_std == 0 and c.write_noise_std == 0
+        return c.c2c_sigma == 0
+
+    def _trace_closed(self, counts: torch.Tensor) -> torch.Tensor:
+        """g after counts[k] pulses from the current state, counts of one sign, shape (K,) -> (K, *shape).
+        Only for deterministic models with a closed form (NeuroSim, ideal, constant / linear / soft bounds)."""
+        n = counts.to(torch.int64).reshape((-1,) + (1,) * len(self.shape)).expand((counts.numel(),) + self.shape)
+        n = torch.where(self.stuck.expand_as(n), torch.zeros_like(n), n)
+        gp = self._gp.expand_as(n)
+        if self.model == "neurosim":
+            return self._neurosim(gp, n, None)
+        if self.model == "ideal":
+            return self._ideal(gp, n, None)
+        return self._step_closed(gp, n)
+
+
+def pulse_response(card: DeviceCard, n_pulses_up: int, n_pulses_down: int, *, n_devices: int = 1,
+                   generator: torch.Generator, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float64, g_start: str | float = "min",
+                   return_array: bool = False):
+    """Potentiation-then-depression curve: ``n_devices`` fresh devices (d2d sampled from ``generator``) start at
+    ``g_start``, receive ``n_pulses_up`` single potentiation pulses, then ``n_pulses_down`` single depression pulses.
+    Returns the conductance trace [S], shape ``(n_pulses_up + n_pulses_down + 1, n_devices)`` (row 0 = start), and
+    with ``return_array=True`` also the :class:`DeviceArray` (for its per-device bounds)."""
+    if n_pulses_up < 0 or n_pulses_down < 0 or n_devices < 1:
+        raise ValueError("pulse counts must be >= 0 and n_devices >= 1")
+    arr = DeviceArray(card, (n_devices,), generator=generator, device=device, dtype=dtype, g_init=g_start)
+    rows = [arr.g.clone()]
+    if arr._deterministic() and (arr.model in ("neurosim", "ideal") or arr._closed_form_ok()):
+        if n_pulses_up:
+            up = arr._trace_closed(torch.arange(1, n_pulses_up + 1, device=arr.device))
+            rows.extend(up.unbind(0))
+            arr.pulse_count += n_pulses_up
+            arr._gp = up[-1].clone()
+        if n_pulses_down:
+            dn = arr._trace_closed(-torch.arange(1, n_pulses_down + 1, device=arr.device))
+            rows.extend(dn.unbind(0))
+            arr.pulse_count += n_pulses_down
+            arr._gp = dn[-1].clone()
+    else:
+        one = torch.ones(n_devices, dtype=torch.int64, device=arr.device)
+        for _ in range(n_pulses_up):
+            arr.apply_pulses(one)
+            rows.append(arr.g.clone())
+        for _ in range(n_pulses_down):
+            arr.apply_pulses(-one)
+            rows.append(arr.g.clone())
+    trace = torch.stack(rows)
+    return (trace, arr) if return_array else trace
