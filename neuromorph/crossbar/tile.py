@@ -1,0 +1,293 @@
+r"""Crossbar tiles and layers: forward ``y = W x`` and transpose ``x' = Wᵀ y`` reads of the same devices.
+
+Geometry
+--------
+A :class:`CrossbarLayer` of ``out_features x in_features`` weights is one :class:`~.pairs.DifferentialArray`
+(the devices) cut into tiles of ``tile_size = (rows, cols)``: ``rows`` input lines (word lines, one per input
+``x_j``) and ``cols`` outputs per tile. Each output is a differential pair of bit lines, so a tile's physical grid
+is ``rows x 2·cols`` cells with the bit lines interleaved ``[G+_0, G-_0, G+_1, G-_1, ...]``. A weight matrix larger
+than a tile is split across ``ceil(in/rows) x ceil(out/cols)`` tiles (the last ones partially filled); every tile has
+its own DACs and ADCs.
+
+Reads (units: see :mod:`.periphery`)
+------------------------------------
+Forward (``x``: (B, in) -> ``y``: (B, out)): the DACs drive the word lines of every tile with ``V = DAC(x)`` [V];
+the bit-line TIAs hold virtual ground; per output the differential current ``I = I(G+ line) - I(G- line)`` [A] of
+each tile is digitised by that tile's ADC; the digital partial sums of the tiles along the input dimension are
+added, and ``y = I / (g0 v_read / x_max)``.
+
+Transpose (``y``: (B, out) -> ``x'``: (B, in)): the bit-line drivers apply ``+V_i`` to the ``G+`` line and ``-V_i``
+to the ``G-`` line of output ``i`` (``V = DAC(y)``), the word-line TIAs hold virtual ground and sense
+``I_j = Σ_i (G+_ij - G-_ij) V_i``; ADC per tile, partial sums over the tiles along the output dimension.
+
+Both directions read the *same* devices (``DifferentialArray.read``: each call is one read of every device per
+input of the batch, with fresh read noise shared by the batch; reads counted for the energy). Without line
+resistance the per-tile products are batched matrix products; with ``r_row``/``r_col`` > 0 each tile's grid is solved
+by nodal analysis (:mod:`.irdrop`; the exact solver's LU factorisation is cached per tile and conductance state and
+reused for the whole batch and both directions).
+
+With a perfect device and :meth:`Periphery.ideal` the reads equal ``W x`` and ``Wᵀ y`` to float precision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..devices import DeviceCard
+from .irdrop import NodalSolver, currents_from_nodes, solve_iterative
+from .pairs import DifferentialArray, PulseTrainParams
+from .periphery import Periphery
+
+__all__ = ["CrossbarTile", "CrossbarLayer"]
+
+
+class CrossbarTile:
+    """One tile of a layer: outputs ``out_slice`` x inputs ``in_slice`` of the layer's weights, with its own
+    periphery state (the cached nodal factorisation). Physical grid ``rows x 2·cols`` (see the module docstring)."""
+
+    def __init__(self, index: tuple[int, int], out_slice: slice, in_slice: slice, periphery: Periphery) -> None:
+        self.index = index
+        self.out_slice = out_slice
+        self.in_slice = in_slice
+        self.periphery = periphery
+        self.rows = in_slice.stop - in_slice.start
+        self.cols = out_slice.stop - out_slice.start
+        self._key: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._solver: NodalSolver | None = None
+        self.factorisations = 0
+
+    def __repr__(self) -> str:
+        return (f"CrossbarTile(index={self.index}, outputs {self.out_slice.start}:{self.out_slice.stop}, "
+                f"inputs {self.in_slice.start}:{self.in_slice.stop})")
+
+    def block(self, g: torch.Tensor) -> torch.Tensor:
+        """This tile's block ``(cols, rows)`` of a layer-shaped tensor ``(out, in)``."""
+        return g[self.out_slice, self.in_slice]
+
+    def physical_conductances(self, gp: torch.Tensor, gn: torch.Tensor) -> torch.Tensor:
+        """The tile's grid ``(rows, 2·cols)`` [S]: word line j, bit lines ``2i`` (G+) and ``2i+1`` (G-). A read
+        value below 0 S (additive read noise on a device near 0 S) is clamped to 0 S for the resistive grid."""
+        gpt, gnt = self.block(gp).T, self.block(gn).T
+        return torch.stack([gpt, gnt], dim=-1).reshape(self.rows, 2 * self.cols).clamp(min=0.0)
+
+    def solver(self, gp: torch.Tensor, gn: torch.Tensor) -> NodalSolver:
+        """Exact nodal solver for the conductances ``gp``, ``gn`` (cached while they do not change)."""
+        bp, bn = self.block(gp), self.block(gn)
+        if self._key is None or not (torch.equal(self._key[0], bp) and torch.equal(self._key[1], bn)):
+            g = self.physical_conductances(gp, gn)
+            self._solver = NodalSolver(g, self.periphery.r_row, self.periphery.r_col)
+            self._key = (bp.clone(), bn.clone())
+            self.factorisations += 1
+        assert self._solver is not None
+        return self._solver
+
+    def _grid(self, gp, gn, u: torch.Tensor, w: torch.Tensor, direction: str) -> torch.Tensor:
+        p = self.periphery
+        if p.ir_solver == "exact":
+            s = self.solver(gp, gn)
+            if direction == "forward":
+                out = s.forward(u.detach().cpu().numpy())
+            else:
+                out = s.transpose(w.detach().cpu().numpy())
+            return torch.from_numpy(np.ascontiguousarray(out)).to(device=u.device, dtype=u.dtype)
+        g = self.physical_conductances(gp, gn)
+        vp, vq, _ = solve_iterative(g, p.r_row, p.r_col, u, w, tol=p.ir_tol, max_iter=p.ir_max_iter)
+        return currents_from_nodes(g, vp, vq, direction)
+
+    def forward_currents(self, v: torch.Tensor, gp: torch.Tensor, gn: torch.Tensor) -> torch.Tensor:
+        """Differential bit-line currents ``(B, cols)`` [A] for word-line voltages ``v`` ``(B, rows)`` [V] (before
+        the ADC); ``gp``, ``gn``: the layer's read conductances ``(out, in)`` [S]."""
+        if not self.periphery.ir_drop:
+            return v @ (self.block(gp) - self.block(gn)).T
+        zeros = torch.zeros(v.shape[0], 2 * self.cols, dtype=v.dtype, device=v.device)
+        i = self._grid(gp, gn, v, zeros, "forward")
+        return i[:, 0::2] - i[:, 1::2]
+
+    def transpose_currents(self, v: torch.Tensor, gp: torch.Tensor, gn: torch.Tensor) -> torch.Tensor:
+        """Word-line currents ``(B, rows)`` [A] for output-side voltages ``v`` ``(B, cols)`` [V] (``+v`` on the G+
+        bit line, ``-v`` on the G- bit line), before the ADC."""
+        if not self.periphery.ir_drop:
+            return v @ (self.block(gp) - self.block(gn))
+        w = torch.stack([v, -v], dim=-1).reshape(v.shape[0], 2 * self.cols)
+        zeros = torch.zeros(v.shape[0], self.rows, dtype=v.dtype, device=v.device)
+        return self._grid(gp, gn, zeros, w, "transpose")
+
+
+def _check_tile_size(tile_size: Sequence[int]) -> tuple[int, int]:
+    try:
+        rows, cols = tile_size
+    except (TypeError, ValueError):
+        raise ValueError(f"tile_size = {tile_size!r}: a pair (rows, cols) of integers >= 1 is required") from None
+    for name, v in (("rows", rows), ("cols", cols)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"tile_size = {tuple(tile_size)!r}: {name} = {v!r} must be an integer >= 1")
+    return rows, cols
+
+
+class CrossbarLayer:
+    """``out_features x in_features`` signed weights on differential device pairs, tiled, with periphery.
+
+    Parameters: ``out_features``, ``in_features``; ``card`` (:class:`~neuromorph.devices.DeviceCard`);
+    ``periphery`` (:class:`Periphery`, default ``Periphery()``: ideal converters, no IR drop, device read noise on);
+    ``tile_size = (rows, cols)``: input lines and outputs per tile (module docstring); ``generator`` (seeded torch
+    generator: device sampling, read noise, stochastic programming); ``device``, ``dtype``; ``g0`` [S], ``mapping``,
+    ``policy``, ``weights``: see :class:`~.pairs.DifferentialArray`.
+
+    Reads: :meth:`forward` (``y = W x``), :meth:`transpose` (``x' = Wᵀ y``). Programming: :meth:`program`,
+    :meth:`program_outer`, :meth:`set_weights`, :meth:`refresh`. Counters: :meth:`stats`.
+    """
+
+    def __init__(self, out_features: int, in_features: int, card: DeviceCard, periphery: Periphery | None = None,
+                 tile_size: Sequence[int] = (256, 256), *, generator: torch.Generator,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, g0: float | None = None,
+                 mapping: str = "min", policy: str = "bidirectional", weights: torch.Tensor | None = None) -> None:
+        for name, v in (("out_features", out_features), ("in_features", in_features)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} = {v!r}: an integer >= 1 is required")
+        periphery = Periphery() if periphery is None else periphery
+        if not isinstance(periphery, Periphery):
+            raise TypeError(f"periphery must be a Periphery, not {type(periphery).__name__}")
+        self.rows, self.cols = _check_tile_size(tile_size)
+        self.out_features, self.in_features = out_features, in_features
+        self.periphery = periphery
+        self.array = DifferentialArray(card, (out_features, in_features), generator=generator, g0=g0,
+                                       mapping=mapping, policy=policy, device=device, dtype=dtype, weights=weights)
+        self.card = card
+        self.device, self.dtype = self.array.device, dtype
+        self.n_in_tiles = math.ceil(in_features / self.rows)
+        self.n_out_tiles = math.ceil(out_features / self.cols)
+        self.tiles = [CrossbarTile((a, b), slice(b * self.cols, min((b + 1) * self.cols, out_features)),
+                                   slice(a * self.rows, min((a + 1) * self.rows, in_features)), periphery)
+                      for a in range(self.n_in_tiles) for b in range(self.n_out_tiles)]
+        self._calls = {"forward_calls": 0, "transpose_calls": 0, "forward_samples": 0, "transpose_samples": 0}
+
+    def __repr__(self) -> str:
+        return (f"CrossbarLayer({self.out_features}x{self.in_features}, card={self.card.name!r}, tiles "
+                f"{self.n_in_tiles}x{self.n_out_tiles} of {self.rows}x{self.cols}, policy={self.array.policy!r})")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def g0(self) -> float:
+        return self.array.g0
+
+    @property
+    def amps_per_weight_unit(self) -> float:
+        """Current [A] of one unit of ``y``: ``g0 · v_read / x_max``."""
+        return self.array.g0 * self.periphery.volts_per_input
+
+    def _as_batch(self, x, n: int, name: str) -> tuple[torch.Tensor, bool]:
+        x = torch.as_tensor(x, device=self.device)
+        single = x.dim() == 1
+        x = x.unsqueeze(0) if single else x
+        if x.dim() != 2 or x.shape[1] != n:
+            raise ValueError(f"{name} has shape {tuple(x.shape) if not single else (x.shape[1],)}: expected "
+                             f"(batch, {n}) or ({n},)")
+        if not x.is_floating_point():
+            x = x.to(self.dtype)
+        return x.to(self.dtype), single
+
+    def read_conductances(self, n_reads: int = 1, t: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One read of every device (``n_reads`` counted): ``(G+, G-)`` [S] (read noise / drift if the periphery
+        uses them)."""
+        return self.array.read(t, n_reads=n_reads, noise=self.periphery.read_noise)
+
+    def _partial_sums(self, v: torch.Tensor, gd: torch.Tensor, tile: int, forward: bool) -> torch.Tensor:
+        """Σ over tiles of ADC(tile partial currents), no IR drop: v (B, n) @ gd along blocks of ``tile``."""
+        p = self.periphery
+        n = v.shape[1]
+        n_t = math.ceil(n / tile)
+        adc_identity = p.adc_range is None and p.adc_bits is None
+        if n_t == 1 or adc_identity:
+            i = v @ (gd.T if forward else gd)
+            return i if adc_identity else p.adc(i, self.g0)
+        pad = n_t * tile - n
+        vp = F.pad(v, (0, pad)).reshape(v.shape[0], n_t, tile).transpose(0, 1)  # (n_t, B, tile)
+        if forward:  # gd (out, in): blocks along in
+            gb = F.pad(gd, (0, pad)).reshape(gd.shape[0], n_t, tile).permute(1, 2, 0)  # (n_t, tile, out)
+        else:  # gd (out, in): blocks along out
+            gb = F.pad(gd, (0, 0, 0, pad)).reshape(n_t, tile, gd.shape[1])  # (n_t, tile, in)
+        return p.adc(torch.bmm(vp, gb), self.g0).sum(0)
+
+    # ------------------------------------------------------------------ reads
+    def forward(self, x: torch.Tensor, *, t: float | None = None) -> torch.Tensor:
+        """``y = W x`` through DACs, the devices (read noise, drift at ``t`` [s]), IR drop and per-tile ADCs.
+        ``x``: (B, in) or (in,); returns (B, out) or (out,) in weight units."""
+        x, single = self._as_batch(x, self.in_features, "x")
+        v = self.periphery.dac(x)
+        gp, gn = self.read_conductances(x.shape[0], t)
+        self._calls["forward_calls"] += 1
+        self._calls["forward_samples"] += x.shape[0]
+        if not self.periphery.ir_drop:
+            i = self._partial_sums(v, gp - gn, self.rows, forward=True)
+        else:
+            i = torch.zeros(x.shape[0], self.out_features, dtype=self.dtype, device=self.device)
+            for tile in self.tiles:
+                part = tile.forward_currents(v[:, tile.in_slice], gp, gn)
+                i[:, tile.out_slice] += self.periphery.adc(part, self.g0)
+        y = i / self.amps_per_weight_unit
+        return y[0] if single else y
+
+    __call__ = forward
+
+    def transpose(self, y: torch.Tensor, *, t: float | None = None) -> torch.Tensor:
+        """``x' = Wᵀ y`` through the output-side drivers, the same devices, IR drop and per-tile ADCs on the input
+        lines. ``y``: (B, out) or (out,); returns (B, in) or (in,) in weight units."""
+        y, single = self._as_batch(y, self.out_features, "y")
+        v = self.periphery.dac(y)
+        gp, gn = self.read_conductances(y.shape[0], t)
+        self._calls["transpose_calls"] += 1
+        self._calls["transpose_samples"] += y.shape[0]
+        if not self.periphery.ir_drop:
+            i = self._partial_sums(v, gp - gn, self.cols, forward=False)
+        else:
+            i = torch.zeros(y.shape[0], self.in_features, dtype=self.dtype, device=self.device)
+            for tile in self.tiles:
+                part = tile.transpose_currents(v[:, tile.out_slice], gp, gn)
+                i[:, tile.in_slice] += self.periphery.adc(part, self.g0)
+        x = i / self.amps_per_weight_unit
+        return x[0] if single else x
+
+    # ------------------------------------------------------------------ weights and programming
+    def weights(self) -> torch.Tensor:
+        """Programmed weights ``(G+ - G-)/g0`` (out, in) (no read noise, no read counted)."""
+        return self.array.weights()
+
+    def weights_to_conductances(self, w: torch.Tensor, **kw):
+        return self.array.weights_to_conductances(w, **kw)
+
+    def conductances_to_weights(self, g_pos: torch.Tensor, g_neg: torch.Tensor) -> torch.Tensor:
+        return self.array.conductances_to_weights(g_pos, g_neg)
+
+    def set_weights(self, w: torch.Tensor, *, count: bool = True) -> float:
+        """See :meth:`DifferentialArray.set_weights`; returns the representable fraction."""
+        return self.array.set_weights(w, count=count)
+
+    def program(self, delta_w: torch.Tensor, *, mode: str = "stochastic_rounding", threshold: float = 0.0,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """See :meth:`DifferentialArray.program`."""
+        return self.array.program(delta_w, mode=mode, threshold=threshold, generator=generator)
+
+    def program_outer(self, x: torch.Tensor, d: torch.Tensor, lr: float, *, params: PulseTrainParams | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """See :meth:`DifferentialArray.program_outer` (``ΔW = lr Σ_b d_b x_bᵀ``, aihwkit pulse trains)."""
+        return self.array.program_outer(x, d, lr, params=params, generator=generator)
+
+    def refresh(self, threshold: float, **kw) -> int:
+        """See :meth:`DifferentialArray.refresh`."""
+        return self.array.refresh(threshold, **kw)
+
+    def stats(self) -> dict[str, Any]:
+        """The array's counters and energy (:meth:`DifferentialArray.stats`) plus read calls and samples per
+        direction, the tile grid and the number of nodal factorisations."""
+        s = self.array.stats()
+        s.update(self._calls)
+        s["tiles"] = len(self.tiles)
+        s["tile_grid"] = (self.n_in_tiles, self.n_out_tiles)
+        s["ir_factorisations"] = sum(t.factorisations for t in self.tiles)
+        return s
