@@ -108,8 +108,9 @@ class TrainConfig:
     """Cosine annealing decay time in epochs (0: constant learning rate)."""
     lr_final: float = 0.0
     """Learning rate reached after ``decay_epochs``."""
-    after_decay: str = "continue"
-    """Past ``decay_epochs``: ``"continue"`` the cosine (torch's CosineAnnealingLR) or ``"hold"`` ``lr_final``."""
+    after_decay: str = "hold"
+    """Past ``decay_epochs``: ``"hold"`` ``lr_final`` (the paper's code stops stepping its scheduler at
+    ``T_max``) or ``"continue"`` the cosine (torch's CosineAnnealingLR stepped past ``T_max``)."""
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"

@@ -42,13 +42,15 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or belongs to another configuration."""
 
 
-def learning_rate(epoch: int, lr0: float, lr_final: float, decay_epochs: int, after_decay: str = "continue") -> float:
+def learning_rate(epoch: int, lr0: float, lr_final: float, decay_epochs: int, after_decay: str = "hold") -> float:
     """Cosine annealing (Loshchilov & Hutter), closed form of torch's ``CosineAnnealingLR``.
 
     ``lr(e) = lr_final + (lr0 − lr_final)(1 + cos(π e / decay_epochs)) / 2`` for epoch ``e``
-    (0-based). Table 2 decays over 100 epochs inside 120: with ``after_decay="continue"`` the
-    cosine goes on past the decay time (the LR rises again, as torch's scheduler does when it
-    is stepped beyond ``T_max``); ``"hold"`` keeps ``lr_final``. ``decay_epochs = 0``: constant.
+    (0-based). Table 2 decays over 100 epochs inside 120 of training. The paper's code builds
+    ``CosineAnnealingLR(optimizer, 100, eta_min=1e-5)`` and steps it only while
+    ``epoch < T_max``, so the last 20 epochs run at ``lr_final``: ``after_decay="hold"`` (default).
+    ``"continue"`` follows the cosine past the decay time, as torch's scheduler does when it is
+    stepped beyond ``T_max`` (the rate rises again). ``decay_epochs = 0``: constant.
     """
     if decay_epochs <= 0:
         return lr0

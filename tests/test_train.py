@@ -122,7 +122,7 @@ def test_kill_during_training_loses_at_most_one_epoch(tmp_path):
 
 
 def test_divergence_is_reported(tmp_path):
-    cfg = tiny_cfg(tmp_path, "model.loss=xent", "train.lr=1e30", "train.momentum=0.0", "model.activation=sigmoid")
+    cfg = tiny_cfg(tmp_path, "model.loss=xent", "train.lr=1e38", "model.activation=sigmoid")
     with pytest.raises(TrainingDiverged, match=r"epoch 1, batch \d+"):
         Trainer(cfg).fit(log=None)
 
