@@ -80,5 +80,5 @@ def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
         residual = None
         if steps > 0:
             with torch.no_grad():
-                residual = torch.stack([(a - b).abs().amax(-1) for a, b in zip(s, prev)]).amax(0)
+                residual = torch.stack([(a - b).abs().flatten(1).amax(1) for a, b in zip(s, prev)]).amax(0)
     return RelaxResult(s, residual, traj)

@@ -110,13 +110,14 @@ def combine_phi_grads(net: LayeredNetwork, x: torch.Tensor, states: list[torch.T
     """
     n_phases = states[0].shape[0] // batch
     xf = net.flatten_input(x)
+    per, _ = net._split(params)
     out: list[torch.Tensor] = []
     for k, syn in enumerate(net.synapses):
-        post_c = states[k] * coefs
+        post_c = states[k] * coefs.view(-1, *([1] * (states[k].dim() - 1)))
         if k == 0:
-            out += syn.phi_grads(post_c, None, xf, n_phases, batch)
+            out += syn.phi_grads(post_c, None, xf, n_phases, batch, per[k])
         else:
-            out += syn.phi_grads(post_c, states[k - 1], None, n_phases, batch)
+            out += syn.phi_grads(post_c, states[k - 1], None, n_phases, batch, per[k])
     return out
 
 
@@ -147,10 +148,11 @@ def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimato
             free = relax(net, drive, net.zero_state(batch), T)
         plan = estimator.plan(generator)
         J = len(plan.betas)
-        start = [s.repeat(J, 1) for s in free.state]
+        start = [s.repeat(J, *([1] * (s.dim() - 1))) for s in free.state]
         beta_col = _rows(plan.betas, batch, drive)
         yJ = y.repeat(J) if y.dim() == 1 else y.repeat(J, 1)
-        nudged = relax(net, drive.repeat(J, 1), start, K, y=yJ, beta=beta_col, record=record_nudged)
+        driveJ = drive.repeat(J, *([1] * (drive.dim() - 1)))
+        nudged = relax(net, driveJ, start, K, y=yJ, beta=beta_col, record=record_nudged)
         grads = estimate_from_states(net, x, y, free.state, nudged.state, plan, batch)
     return EPResult(grads, free, nudged, plan)
 
@@ -167,7 +169,7 @@ def estimate_from_states(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, 
     grads = [-g for g in combine_phi_grads(net, x, states, coefs, batch)]
     if net.readout is not None:
         J = len(plan.betas)
-        s_last = nudged_state[-1]
+        s_last = nudged_state[-1].reshape(nudged_state[-1].shape[0], -1)
         yo = net.one_hot(y).repeat(J, 1)
         err = torch.softmax(s_last @ net.readout.t(), -1) - yo  # ∂ℓ/∂(w_out s)
         w = _rows(plan.readout, batch, s_last)

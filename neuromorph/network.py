@@ -65,28 +65,44 @@ class Dense:
             out.append(b.to(dtype=dtype, device=device))
         return out
 
-    @staticmethod
-    def forward(w: torch.Tensor, pre: torch.Tensor, const: torch.Tensor, alpha: float) -> torch.Tensor:
-        """``const + alpha · pre wᵀ`` (new tensor)."""
-        return torch.addmm(const, pre, w.t(), alpha=alpha)
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        if math.prod(in_shape) != self.n_pre:
+            raise ValueError(f"dense synapse expects {self.n_pre} inputs, got shape {in_shape}")
+        return (self.n_post,)
 
     @staticmethod
-    def add_transposed(w: torch.Tensor, acc: torch.Tensor, post: torch.Tensor, alpha: float,
+    def drive(p: Sequence[torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """``w x + b`` for a static input (once per batch)."""
+        x = x.reshape(x.shape[0], -1)
+        return (torch.addmm(p[1], x, p[0].t()) if len(p) > 1 else x @ p[0].t()), None
+
+    @staticmethod
+    def forward(p: Sequence[torch.Tensor], pre: torch.Tensor, const: torch.Tensor,
+                alpha: float) -> tuple[torch.Tensor, None]:
+        """``const + alpha · pre wᵀ`` (new tensor); a ``(C, H, W)`` pre is flattened (𝓕, App. E.1)."""
+        return torch.addmm(const, pre.reshape(pre.shape[0], -1), p[0].t(), alpha=alpha), None
+
+    @staticmethod
+    def add_transposed(p: Sequence[torch.Tensor], aux, acc: torch.Tensor, post: torch.Tensor, alpha: float,
                        inplace: bool) -> torch.Tensor:
-        """``acc + alpha · post w`` (the current fed back from the layer above)."""
+        """``acc + alpha · post w`` (the current fed back from the layer above; 𝓕⁻¹ for a conv pre)."""
+        w = p[0]
+        if acc.dim() > 2:
+            fb = (post @ w).view(acc.shape)
+            return acc.add_(fb, alpha=alpha) if inplace else acc + alpha * fb
         if inplace:
             return acc.addmm_(post, w, alpha=alpha)
         return torch.addmm(acc, post, w, alpha=alpha)
 
     def phi(self, p: Sequence[torch.Tensor], pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
         """Φ term per sample, shape ``(B,)``."""
-        a = pre @ p[0].t()
+        a = pre.reshape(pre.shape[0], -1) @ p[0].t()
         if self.bias:
             a = a + p[1]
         return (post * a).sum(-1)
 
     def phi_grads(self, post_c: torch.Tensor, pre: torch.Tensor | None, x_pre: torch.Tensor | None,
-                  n_phases: int, batch: int) -> list[torch.Tensor]:
+                  n_phases: int, batch: int, p: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
         """``Σ_j c_j ∂Φ/∂θ(s_j)`` averaged over the batch.
 
         ``post_c`` stacks the coefficient-weighted post activities of all phases, ``(J·B, n_post)``.
@@ -96,10 +112,10 @@ class Dense:
         """
         if x_pre is not None:
             post_sum = post_c.view(n_phases, batch, -1).sum(0) if n_phases > 1 else post_c
-            gw = post_sum.t() @ x_pre
+            gw = post_sum.t() @ x_pre.reshape(batch, -1)
             gb = post_sum.sum(0)
         else:
-            gw = post_c.t() @ pre
+            gw = post_c.t() @ pre.reshape(pre.shape[0], -1)
             gb = post_c.sum(0)
         out = [gw / batch]
         if self.bias:
@@ -107,36 +123,144 @@ class Dense:
         return out
 
 
+class ConvPool:
+    """Convolution with channel-wise bias followed by 2x2 max-pooling of stride 2 (App. E.1).
+
+    Φ term: ``s_post • 𝓟(w ⋆ s_pre + B)`` (Eq. 21). Forward ``𝓟(w ⋆ s_pre)`` (Eq. 15, 18) keeps the
+    argmax indices (Eq. 19); the transposed product is ``w̃ ⋆ 𝓟⁻¹(s_post)`` (Eq. 16, 20), the
+    gradient of the convolution with respect to its input applied to the unpooled post activity;
+    ``∂Φ/∂w = 𝓟⁻¹(s_post) ⋆ s_pre`` (Eq. 24/25). Weight ``(C_out, C_in, F, F)``, bias ``(C_out,)``.
+    Max-pooling commutes with a per-channel constant, so ``𝓟(w ⋆ s + B) = 𝓟(w ⋆ s) + B``.
+    """
+
+    def __init__(self, c_in: int, c_out: int, kernel: int, padding: int = 0, pool: int = 2, bias: bool = True):
+        self.c_in, self.c_out, self.kernel, self.padding, self.pool = c_in, c_out, kernel, padding, pool
+        self.bias = bool(bias)
+
+    def conv_shape(self, in_shape: tuple[int, ...]) -> tuple[int, int, int]:
+        c, h, w = in_shape
+        if c != self.c_in:
+            raise ValueError(f"convolution expects {self.c_in} input channels, got shape {in_shape}")
+        ho, wo = h + 2 * self.padding - self.kernel + 1, w + 2 * self.padding - self.kernel + 1
+        if ho < self.pool or wo < self.pool:
+            raise ValueError(f"a {self.kernel}x{self.kernel} convolution (padding {self.padding}) and "
+                             f"{self.pool}x{self.pool} pooling do not fit an input of shape {in_shape}")
+        return (self.c_out, ho, wo)
+
+    def out_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        c, h, w = self.conv_shape(in_shape)
+        return (c, h // self.pool, w // self.pool)
+
+    def init(self, generator: torch.Generator, scale: float, dtype, device) -> list[torch.Tensor]:
+        """PyTorch's default ``nn.Conv2d`` init (uniform Kaiming, paper App. F.1), times ``scale``."""
+        fan_in = self.c_in * self.kernel**2
+        bound = scale / math.sqrt(fan_in)
+        shape = (self.c_out, self.c_in, self.kernel, self.kernel)
+        w = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+        out = [w.to(dtype=dtype, device=device)]
+        if self.bias:
+            b = (torch.rand(self.c_out, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+            out.append(b.to(dtype=dtype, device=device))
+        return out
+
+    def _pool(self, pre: torch.Tensor, w: torch.Tensor):
+        c = torch.nn.functional.conv2d(pre, w, padding=self.padding)
+        z, idx = torch.nn.functional.max_pool2d(c, self.pool, self.pool, return_indices=True)
+        return z, (idx, c.shape)
+
+    def drive(self, p: Sequence[torch.Tensor], x: torch.Tensor):
+        z, aux = self._pool(x, p[0])
+        if self.bias:
+            z = z + p[1].view(-1, 1, 1)
+        return z, aux
+
+    def forward(self, p: Sequence[torch.Tensor], pre: torch.Tensor, const: torch.Tensor, alpha: float):
+        z, aux = self._pool(pre, p[0])
+        return torch.add(const, z, alpha=alpha), aux
+
+    def unpool(self, post: torch.Tensor, aux) -> torch.Tensor:
+        idx, conv_shape = aux
+        return torch.nn.functional.max_unpool2d(post, idx, self.pool, self.pool, output_size=conv_shape[-2:])
+
+    def add_transposed(self, p: Sequence[torch.Tensor], aux, acc: torch.Tensor, post: torch.Tensor, alpha: float,
+                       inplace: bool) -> torch.Tensor:
+        fb = torch.nn.grad.conv2d_input(acc.shape, p[0], self.unpool(post, aux), padding=self.padding)
+        return acc.add_(fb, alpha=alpha) if inplace else acc + alpha * fb
+
+    def phi(self, p: Sequence[torch.Tensor], pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+        z, _ = self.drive(p, pre)
+        return (post * z).flatten(1).sum(-1)
+
+    def phi_grads(self, post_c: torch.Tensor, pre: torch.Tensor | None, x_pre: torch.Tensor | None,
+                  n_phases: int, batch: int, p: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
+        """``Σ_rows 𝓟⁻¹(c·s_post) ⋆ s_pre / B`` with the argmax indices of ``w ⋆ s_pre`` of each row (Eq. 25)."""
+        if x_pre is not None:
+            pre = x_pre.repeat(n_phases, *([1] * (x_pre.dim() - 1))) if n_phases > 1 else x_pre
+        _, aux = self._pool(pre, p[0])
+        u = self.unpool(post_c, aux)
+        gw = torch.nn.grad.conv2d_weight(pre, p[0].shape, u, padding=self.padding)
+        out = [gw / batch]
+        if self.bias:
+            out.append(post_c.sum((0, 2, 3)) / batch)
+        return out
+
+
 class LayeredNetwork(nn.Module):
-    """A layered convergent RNN (fully connected), the ideal-precision reference.
+    """A layered convergent RNN (convolutional and/or fully connected), the ideal-precision reference.
 
     Args:
-        sizes: ``[n_in, n_1, …, n_out]``. With ``loss="mse"`` the state is ``n_1 … n_out``
-            (the output layer is part of it); with ``loss="xent"`` the state is ``n_1 … n_{L-1}``
-            and a read-out ``w_out`` of shape ``(n_out, n_{L-1})`` gives the logits.
+        sizes: fully connected sizes. Without ``conv``: ``[n_in, n_1, …, n_out]``; with ``conv``:
+            the sizes after the flattened last conv layer, ``[n_1, …, n_out]`` (may be just
+            ``[n_out]``). With ``loss="mse"`` the output layer ``n_out`` is part of the state; with
+            ``loss="xent"`` a read-out ``w_out`` of shape ``(n_out, n_last_state)`` gives the logits.
         loss: ``"mse"`` or ``"xent"``.
         activation: a name from :data:`neuromorph.activations.ACTIVATIONS` or an :class:`Activation`.
         bias: biases on every synapse (the read-out has none, Eq. 12).
         init_scale: multiplies PyTorch's default init bounds.
         seed / generator: initialisation randomness.
+        input_shape: ``(C, H, W)`` of the input, required with ``conv``.
+        conv: ``[(channels, kernel, padding), …]``: conv layers, each followed by 2x2 max-pool of
+            stride 2 (App. E), before the fully connected part.
     """
 
     def __init__(self, sizes: Sequence[int], loss: str = "mse", activation: str | Activation = "half_hard_sigmoid",
                  bias: bool = True, init_scale: float = 1.0, seed: int = 0,
                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", *, input_shape: Sequence[int] | None = None,
+                 conv: Sequence[Sequence[int]] = ()) -> None:
         super().__init__()
         sizes = [int(n) for n in sizes]
         if loss not in LOSSES:
             raise ValueError(f"unknown loss {loss!r}; allowed: {', '.join(LOSSES)}")
-        min_len = 2 if loss == "mse" else 3
+        conv = [tuple(int(v) for v in c) for c in conv]
+        if conv:
+            if input_shape is None or len(input_shape) != 3:
+                raise ValueError(f"a convolutional network needs input_shape=(C, H, W), got {input_shape}")
+            sizes = [math.prod(input_shape), *sizes]
+        min_len = (2 if loss == "mse" else 3) - (1 if conv else 0)
         if len(sizes) < min_len or any(n < 1 for n in sizes):
             raise ValueError(f"sizes must be at least {min_len} positive layer sizes for loss={loss!r}, got {sizes}")
+        for c in conv:
+            if len(c) != 3 or c[0] < 1 or c[1] < 1 or c[2] < 0:
+                raise ValueError(f"each conv layer is (channels >= 1, kernel >= 1, padding >= 0), got {c}")
         self.sizes, self.loss_kind = sizes, loss
+        self.input_shape = tuple(int(v) for v in input_shape) if input_shape is not None else (sizes[0],)
         self.act = get_activation(activation)
-        self.state_sizes = sizes[1:] if loss == "mse" else sizes[1:-1]
-        chain = [sizes[0], *self.state_sizes]
-        self.synapses = [Dense(chain[i], chain[i + 1], bias) for i in range(len(self.state_sizes))]
+        fc_state = sizes[1:] if loss == "mse" else sizes[1:-1]
+        self.synapses: list = []
+        shapes: list[tuple[int, ...]] = []
+        shape = self.input_shape
+        for c_out, kernel, padding in conv:
+            syn = ConvPool(shape[0], c_out, kernel, padding, bias=bias)
+            shape = syn.out_shape(shape)
+            self.synapses.append(syn)
+            shapes.append(shape)
+        for n in fc_state:
+            self.synapses.append(Dense(math.prod(shape), n, bias))
+            shape = (n,)
+            shapes.append(shape)
+        self.state_shapes = shapes
+        self.state_sizes = [math.prod(s) for s in shapes]
         gen = generator if generator is not None else torch.Generator().manual_seed(seed)
         params: list[nn.Parameter] = []
         self.groups: list[list[nn.Parameter]] = []
@@ -146,7 +270,7 @@ class LayeredNetwork(nn.Module):
             params += g
         self.readout: nn.Parameter | None = None
         if loss == "xent":
-            ro = Dense(sizes[-2], sizes[-1], bias=False).init(gen, init_scale, dtype, device)[0]
+            ro = Dense(self.state_sizes[-1], sizes[-1], bias=False).init(gen, init_scale, dtype, device)[0]
             self.readout = nn.Parameter(ro)
             self.groups.append([self.readout])
             params.append(self.readout)
@@ -185,12 +309,14 @@ class LayeredNetwork(nn.Module):
 
     def zero_state(self, batch: int) -> State:
         """``s_0 = 0`` (Algorithm 1/2)."""
-        return [torch.zeros(batch, n, dtype=self.dtype, device=self.device) for n in self.state_sizes]
+        return [torch.zeros(batch, *s, dtype=self.dtype, device=self.device) for s in self.state_shapes]
 
     def flatten_input(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.reshape(x.shape[0], -1)
-        if x.shape[1] != self.sizes[0]:
-            raise ValueError(f"input has {x.shape[1]} features, the network expects {self.sizes[0]}")
+        """The input in the network's layout: ``(B, n_in)`` or ``(B, C, H, W)``; checked against it."""
+        if math.prod(x.shape[1:]) != math.prod(self.input_shape):
+            raise ValueError(f"input has {math.prod(x.shape[1:])} features, the network expects "
+                             f"{math.prod(self.input_shape)} (shape {self.input_shape})")
+        x = x.reshape(x.shape[0], *self.input_shape)
         return x.to(dtype=self.dtype, device=self.device)
 
     def one_hot(self, y: torch.Tensor) -> torch.Tensor:
@@ -198,11 +324,9 @@ class LayeredNetwork(nn.Module):
 
     # ------------------------------------------------------------------ primitive and losses
     def input_drive(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """``w_1 x + b_1``, shape ``(B, n_1)``: computed once per batch, shared by every phase."""
+        """``𝓟(w_1 ⋆ x) + B_1`` or ``w_1 x + b_1``: computed once per batch, shared by every phase."""
         per, _ = self._split(params)
-        x = self.flatten_input(x)
-        b = per[0][1] if self.synapses[0].bias else torch.zeros((), dtype=x.dtype, device=x.device)
-        return torch.addmm(b, x, per[0][0].t()) if b.dim() else x @ per[0][0].t()
+        return self.synapses[0].drive(per[0], self.flatten_input(x))[0]
 
     def phi(self, x: torch.Tensor, state: State, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """The primitive Φ(x, s) per sample, shape ``(B,)`` (Eq. 21 / 27). Used as a test oracle."""
@@ -211,9 +335,10 @@ class LayeredNetwork(nn.Module):
         return sum(syn.phi(per[i], chain[i], chain[i + 1]) for i, syn in enumerate(self.synapses))
 
     def logits(self, state: State, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """Network output: ``s^N`` (mse) or ``w_out s^N`` (xent)."""
+        """Network output: ``s^N`` (mse) or ``w_out 𝓕(s^N)`` (xent)."""
         _, ro = self._split(params)
-        return state[-1] if ro is None else state[-1] @ ro.t()
+        last = state[-1].reshape(state[-1].shape[0], -1)
+        return last if ro is None else last @ ro.t()
 
     def predict(self, state: State) -> torch.Tensor:
         return self.logits(state).argmax(-1)
@@ -242,9 +367,10 @@ class LayeredNetwork(nn.Module):
             if k == 0:
                 c = drive * g + o
             elif syn.bias:
-                c = per[k][1] * g + o
+                b = per[k][1]
+                c = (b.view(-1, 1, 1) if isinstance(syn, ConvPool) else b) * g + o
             else:
-                c = torch.full((self.state_sizes[k],), o, dtype=drive.dtype, device=drive.device)
+                c = torch.full(self.state_shapes[k], o, dtype=drive.dtype, device=drive.device)
             consts.append(c)
         if isinstance(beta, (int, float)) and beta == 0:
             return consts, None
@@ -253,37 +379,38 @@ class LayeredNetwork(nn.Module):
         yo = self.one_hot(y) if y.dim() == 1 else y
         # β(y − s) = βy − βs for mse;  β w_outᵀ(y − ŷ) = β y w_out − β ŷ w_out for xent
         target = yo if ro is None else yo @ ro
-        consts[-1] = consts[-1] + (g * beta_col) * target
+        last = self.state_shapes[-1]
+        consts[-1] = consts[-1] + ((g * beta_col) * target).view(-1, *last)
         return consts, -g * beta_col
 
     def step(self, state: State, consts: list[torch.Tensor], neg_gamma_beta: torch.Tensor | None,
              params: Sequence[torch.Tensor] | None = None, inplace: bool = False, split=None) -> State:
-        """One synchronous step of Eq. 4 (all layers from the previous state), explicit.
+        """One synchronous step of Eq. 4 / Eq. 22 / Eq. 26 (all layers from the previous state), explicit.
 
         ``inplace=True`` is the autograd-free hot-loop form; ``False`` keeps the graph (BPTT).
-        ``split`` is ``self._split(params)`` precomputed by the caller's loop.
+        ``split`` is ``self._split(params)`` precomputed by the caller's loop. Forward products
+        come first (a pooling synapse keeps its argmax indices), then the transposed products
+        that unpool with them.
         """
         per, ro = split if split is not None else self._split(params)
         syns = self.synapses
         g = self.act.gain
         n = len(state)
-        new: State = []
-        for k in range(n):
-            if k == 0:
-                z = consts[0].clone() if (n == 1 and inplace) else consts[0]
+        z: list = [None] * n
+        aux: list = [None] * n
+        for k in range(1, n):
+            z[k], aux[k] = syns[k].forward(per[k], state[k - 1], consts[k], g)
+        # layer 1: its forward part is the constant drive; start a new tensor from it
+        z[0] = syns[1].add_transposed(per[1], aux[1], consts[0], state[1], g, False) if n > 1 else consts[0].clone()
+        for k in range(1, n - 1):
+            z[k] = syns[k + 1].add_transposed(per[k + 1], aux[k + 1], z[k], state[k + 1], g, inplace)
+        if neg_gamma_beta is not None:
+            k = n - 1
+            if ro is None:
+                zk = z[k]
+                z[k] = zk.addcmul_(state[k], neg_gamma_beta) if inplace else zk + state[k] * neg_gamma_beta
             else:
-                z = syns[k].forward(per[k][0], state[k - 1], consts[k], g)
-            if k + 1 < n:
-                if k == 0:
-                    z = torch.addmm(z, state[1], per[1][0], alpha=g)
-                else:
-                    z = syns[k + 1].add_transposed(per[k + 1][0], z, state[k + 1], g, inplace)
-            if k == n - 1 and neg_gamma_beta is not None:
-                if ro is None:
-                    nudge_src = state[k]
-                    z = z.addcmul_(nudge_src, neg_gamma_beta) if inplace else z + nudge_src * neg_gamma_beta
-                else:
-                    y_hat = torch.softmax(state[k] @ ro.t(), -1)
-                    z = z.addmm_(y_hat * neg_gamma_beta, ro) if inplace else z + (y_hat * neg_gamma_beta) @ ro
-            new.append(self.act.unit_(z) if inplace else self.act.unit_fn(z))
-        return new
+                last = state[k].reshape(state[k].shape[0], -1)
+                fb = ((torch.softmax(last @ ro.t(), -1) * neg_gamma_beta) @ ro).view(state[k].shape)
+                z[k] = z[k].add_(fb) if inplace else z[k] + fb
+        return [self.act.unit_(zk) for zk in z] if inplace else [self.act.unit_fn(zk) for zk in z]
