@@ -45,7 +45,15 @@ class ModelConfig:
     """The layered convergent RNN."""
 
     layers: tuple[int, ...] = (64, 128, 10)
-    """Layer sizes ``[n_in, n_1, …, n_classes]``; the first must match the data, the last the classes."""
+    """Fully connected layer sizes. Without conv layers ``[n_in, n_1, …, n_classes]`` (the first must
+    match the data); with conv layers the sizes after the flattened last conv layer,
+    ``[n_1, …, n_classes]`` (``[n_classes]`` for a read-out straight from the last conv layer)."""
+    conv_channels: tuple[int, ...] = ()
+    """Channels of each conv layer (App. E), each followed by 2x2 max-pooling of stride 2."""
+    conv_kernels: tuple[int, ...] = ()
+    """Kernel size of each conv layer (one value for all, or one per layer)."""
+    conv_padding: tuple[int, ...] = ()
+    """Zero-padding of each conv layer (one value for all, or one per layer; default 0)."""
     loss: str = "mse"
     """``"mse"``: output layer in the state, squared error (Eq. 10); ``"xent"``: softmax read-out (Eq. 12–13)."""
     activation: str = "half_hard_sigmoid"
@@ -57,9 +65,26 @@ class ModelConfig:
     def __post_init__(self):
         _choice("model.loss", self.loss, LOSSES)
         _choice("model.activation", self.activation, ACTIVATIONS)
-        need = 2 if self.loss == "mse" else 3
+        need = 1 if self.conv_channels else (2 if self.loss == "mse" else 3)
         _check("model.layers", len(self.layers) >= need and all(n >= 1 for n in self.layers), list(self.layers),
-               f"at least {need} positive sizes for loss={self.loss!r}")
+               f"at least {need} positive sizes for loss={self.loss!r}"
+               + (" after the conv layers" if self.conv_channels else ""))
+        n = len(self.conv_channels)
+        _check("model.conv_channels", all(c >= 1 for c in self.conv_channels), list(self.conv_channels),
+               "positive channel counts")
+        _check("model.conv_kernels", (n == 0 and not self.conv_kernels) or (len(self.conv_kernels) in (1, n)
+               and all(k >= 1 for k in self.conv_kernels)), list(self.conv_kernels),
+               f"one positive kernel size or one per conv layer ({n})" if n else "empty without conv_channels")
+        _check("model.conv_padding", len(self.conv_padding) in ((0, 1, n) if n else (0,))
+               and all(p >= 0 for p in self.conv_padding), list(self.conv_padding),
+               f"empty, one value or one per conv layer ({n}), each >= 0" if n else "empty without conv_channels")
+
+    def conv_layers(self) -> list[tuple[int, int, int]]:
+        """``[(channels, kernel, padding), …]`` with single values broadcast to every layer."""
+        n = len(self.conv_channels)
+        kern = self.conv_kernels * n if len(self.conv_kernels) == 1 else self.conv_kernels
+        pad = (self.conv_padding or (0,)) * n if len(self.conv_padding) <= 1 else self.conv_padding
+        return [(c, k, p) for c, k, p in zip(self.conv_channels, kern, pad)]
         _check("model.init_scale", math.isfinite(self.init_scale) and self.init_scale >= 0, self.init_scale,
                "a finite number >= 0")
 

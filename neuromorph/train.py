@@ -63,10 +63,14 @@ def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float64": torch.float64}[name]
 
 
-def build_network(cfg: RunConfig, n_features: int, n_classes: int) -> LayeredNetwork:
+def build_network(cfg: RunConfig, n_features: int, n_classes: int,
+                  input_shape: tuple[int, ...] | None = None) -> LayeredNetwork:
     """The network of ``cfg.model``, checked against the data it will see."""
     layers = list(cfg.model.layers)
-    if layers[0] != n_features:
+    conv = cfg.model.conv_layers()
+    if conv and (input_shape is None or len(input_shape) != 3):
+        raise ValueError(f"model.conv_channels needs image data (C, H, W); the data has shape {input_shape}")
+    if not conv and layers[0] != n_features:
         raise ValueError(f"model.layers[0] = {layers[0]} but the data has {n_features} input features")
     if layers[-1] != n_classes:
         raise ValueError(f"model.layers[-1] = {layers[-1]} but the data has {n_classes} classes")
@@ -75,7 +79,7 @@ def build_network(cfg: RunConfig, n_features: int, n_classes: int) -> LayeredNet
         raise ValueError(f"train.device = {device!r} but CUDA is not available on this machine; use \"cpu\"")
     return LayeredNetwork(layers, loss=cfg.model.loss, activation=cfg.model.activation, bias=cfg.model.bias,
                           init_scale=cfg.model.init_scale, seed=cfg.train.seed, dtype=_dtype(cfg.train.dtype),
-                          device=device)
+                          device=device, input_shape=input_shape if conv else None, conv=conv)
 
 
 def make_optimizer(net: LayeredNetwork, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -137,13 +141,13 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def network_from_checkpoint(ck: dict, device: str = "cpu") -> tuple[LayeredNetwork, RunConfig]:
+    from dataclasses import replace
+
     cfg = config_from_dict(ck["config"])
-    layers = cfg.model.layers
-    net = build_network(cfg, layers[0], layers[-1]) if device == cfg.train.device else None
-    if net is None:
-        from dataclasses import replace
-        cfg = replace(cfg, train=replace(cfg.train, device=device))
-        net = build_network(cfg, layers[0], layers[-1])
+    cfg = replace(cfg, train=replace(cfg.train, device=device))
+    shape = tuple(ck.get("input_shape", ()))
+    n_features = math.prod(shape) if shape else cfg.model.layers[0]
+    net = build_network(cfg, n_features, cfg.model.layers[-1], shape or None)
     net.load_state_dict(ck["model"])
     return net, cfg
 
@@ -165,7 +169,7 @@ class Trainer:
             self.dataset = load_dataset(cfg.data.name, cfg.data.dir or None, verify=cfg.data.verify,
                                         n_train=cfg.data.n_train or None, n_test=cfg.data.n_test or None)
         ds = self.dataset
-        self.net = build_network(cfg, ds.n_features, ds.n_classes)
+        self.net = build_network(cfg, ds.n_features, ds.n_classes, ds.input_shape)
         dev, dt = self.net.device, self.net.dtype
         self.x_train = ds.x_train.reshape(len(ds.x_train), -1).to(dev, dt)
         self.y_train = ds.y_train.to(dev)
@@ -182,8 +186,8 @@ class Trainer:
     # ------------------------------------------------------------------ persistence
     def _payload(self, epoch: int) -> dict:
         return {"format": 1, "epoch": epoch, "model": self.net.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "config": config_to_dict(self.cfg),
-                "history": self.history}
+                "input_shape": list(self.dataset.input_shape), "optimizer": self.optimizer.state_dict(),
+                "config": config_to_dict(self.cfg), "history": self.history}
 
     def _resume(self) -> None:
         path = self.out / CHECKPOINT

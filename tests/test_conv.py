@@ -91,3 +91,21 @@ def test_conv_symmetric_ep_matches_bptt(loss):
     for i, (a, b) in enumerate(zip(ep.grads, ref)):
         cos = torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0).item()
         assert cos >= 0.999, f"param {i}: cosine {cos}"
+
+
+def test_convnet_trains_from_config(tmp_path):
+    """A ConvNet from TOML (conv_channels/kernels/padding) trains on digits and evaluates from its checkpoint."""
+    from neuromorph.cli import main
+    from neuromorph.config import ConfigError, load_config
+    from neuromorph.train import Trainer
+
+    base = ["model.layers=[10]", "model.loss=xent", "model.conv_channels=[8, 16]", "model.conv_kernels=[3]",
+            "model.conv_padding=[1]", "ep.T=20", "ep.K=8", "train.epochs=4", "train.batch_size=32",
+            "train.lr=[0.1, 0.05, 0.02]", "train.progress=false", f"output.dir={str(tmp_path)!r}"]
+    hist = Trainer(load_config(None, base)).fit(log=None)
+    assert hist[-1]["test_acc"] > hist[0]["test_acc"] and hist[-1]["test_acc"] > 0.5
+    assert main(["evaluate", str(tmp_path / "checkpoint.pt")]) == 0
+    with pytest.raises(ConfigError, match="model.conv_kernels"):
+        load_config(None, ["model.conv_channels=[8, 16]", "model.conv_kernels=[3, 3, 3]"])
+    with pytest.raises(ConfigError, match="model.conv_padding"):
+        load_config(None, ["model.conv_padding=[1]"])
