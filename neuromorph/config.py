@@ -175,9 +175,15 @@ class DataConfig:
     n_test: int = 0
     verify: bool = True
     """Check the md5 sums of the files against the published ones."""
+    normalize: bool = False
+    """Per-channel normalisation with the training set's mean and std (images)."""
+    augment: bool = False
+    """Random crop with zero padding ``crop_padding`` and random horizontal flip (App. F.1), per batch."""
+    crop_padding: int = 4
 
     def __post_init__(self):
         _choice("data.name", self.name, ("digits", "mnist", "cifar10"))
+        _check("data.crop_padding", self.crop_padding >= 0, self.crop_padding, "an integer >= 0")
         _check("data.n_train", self.n_train >= 0, self.n_train, "an integer >= 0")
         _check("data.n_test", self.n_test >= 0, self.n_test, "an integer >= 0")
 

@@ -644,3 +644,45 @@ def iterate_batches(
             yield x[start : start + batch_size], y[start : start + batch_size]
 
     return _gen()
+
+
+def channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and standard deviation of images ``(N, C, H, W)``, each ``(C,)``."""
+    if x.dim() != 4:
+        raise ValueError(f"channel statistics need images (N, C, H, W), got shape {tuple(x.shape)}")
+    xd = x.transpose(0, 1).reshape(x.shape[1], -1).double()
+    return xd.mean(1).to(x.dtype), xd.std(1).to(x.dtype)
+
+
+def normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``(x − mean_c) / std_c`` per channel for a batch ``(B, C, H, W)``."""
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def random_crop_flip(x: torch.Tensor, *, pad: int = 4, flip: bool = True,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop with zero padding ``pad`` and random horizontal flip, for a whole batch at once.
+
+    Each image of ``x`` ``(B, C, H, W)`` gets its own offset in ``[0, 2·pad]²`` and its own coin
+    for the flip (the standard CIFAR-10 augmentation of the paper, App. F.1), done with one
+    gather on the padded batch: no per-image Python loop.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"augmentation needs images (B, C, H, W), got shape {tuple(x.shape)}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    b, c, h, w = x.shape
+    dev = x.device
+    if pad:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=generator).to(dev)
+        rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]  # (B, 1, H, 1)
+        cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]  # (B, 1, 1, W)
+        bi = torch.arange(b, device=dev)[:, None, None, None]
+        ci = torch.arange(c, device=dev)[None, :, None, None]
+        x = xp[bi, ci, rows, cols]
+    if flip:
+        coin = (torch.rand(b, generator=generator) < 0.5).to(dev).view(-1, 1, 1, 1)
+        x = torch.where(coin, x.flip(-1), x)
+    return x

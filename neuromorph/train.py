@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .bptt import bptt_gradients
 from .config import RunConfig, config_from_dict, config_to_dict, dump_toml
-from .data import Dataset, iterate_batches, load_dataset
+from .data import Dataset, channel_stats, iterate_batches, load_dataset, normalize, random_crop_flip
 from .dynamics import relax
 from .estimators import ep_gradients, make_estimator
 from .network import LayeredNetwork
@@ -175,6 +175,14 @@ class Trainer:
         self.y_train = ds.y_train.to(dev)
         self.x_test = ds.x_test.reshape(len(ds.x_test), -1).to(dev, dt)
         self.y_test = ds.y_test.to(dev)
+        dc = cfg.data
+        if (dc.normalize or dc.augment) and len(ds.input_shape) != 3:
+            raise ValueError(f"data.normalize / data.augment need image data (C, H, W); {ds.name} has shape "
+                             f"{ds.input_shape}")
+        self._stats = None
+        if dc.normalize:
+            self._stats = tuple(t.to(dev, dt) for t in channel_stats(ds.x_train))
+            self.x_test = normalize(self.x_test.view(-1, *ds.input_shape), *self._stats).reshape(len(ds.x_test), -1)
         self.optimizer = make_optimizer(self.net, cfg)
         self.estimator = make_estimator(cfg.ep.estimator, cfg.ep.beta)
         self.out = Path(cfg.output.dir)
@@ -219,7 +227,8 @@ class Trainer:
         tc, ec = cfg.train, cfg.ep
         for g in opt.param_groups:
             g["lr"] = learning_rate(epoch, g["lr0"], tc.lr_final, tc.decay_epochs, tc.after_decay)
-        order_gen, sign_gen = self._generator(epoch, 0), self._generator(epoch, 1)
+        order_gen, sign_gen, aug_gen = self._generator(epoch, 0), self._generator(epoch, 1), self._generator(epoch, 2)
+        dc, shape = cfg.data, self.dataset.input_shape
         params = net.param_list()
         n = self.x_train.shape[0]
         n_batches = math.ceil(n / tc.batch_size)
@@ -231,6 +240,12 @@ class Trainer:
         t0 = time.perf_counter()
         for i, (xb, yb) in enumerate(iterate_batches(self.x_train, self.y_train, tc.batch_size, shuffle=True,
                                                      generator=order_gen)):
+            if dc.augment or self._stats is not None:
+                xb = xb.view(-1, *shape)
+                if dc.augment:
+                    xb = random_crop_flip(xb, pad=dc.crop_padding, generator=aug_gen)
+                if self._stats is not None:
+                    xb = normalize(xb, *self._stats)
             if tc.algorithm == "ep":
                 res = ep_gradients(net, xb, yb, self.estimator, ec.T, ec.K, generator=sign_gen)
                 grads, state = res.grads, res.free.state

@@ -109,3 +109,20 @@ def test_convnet_trains_from_config(tmp_path):
         load_config(None, ["model.conv_channels=[8, 16]", "model.conv_kernels=[3, 3, 3]"])
     with pytest.raises(ConfigError, match="model.conv_padding"):
         load_config(None, ["model.conv_padding=[1]"])
+
+
+def test_trainer_with_augmentation_and_normalisation(tmp_path):
+    from neuromorph.config import load_config
+    from neuromorph.train import Trainer
+
+    cfg = load_config(None, [
+        "model.layers=[10]", "model.loss=xent", "model.conv_channels=[8]", "model.conv_kernels=[3]",
+        "model.conv_padding=[1]", "data.normalize=true", "data.augment=true", "data.crop_padding=1",
+        "ep.T=15", "ep.K=6", "train.epochs=3", "train.batch_size=32", "train.lr=[0.05, 0.02]",
+        "train.progress=false", f"output.dir={str(tmp_path)!r}"])
+    hist = Trainer(cfg).fit(log=None)
+    assert hist[-1]["test_acc"] > 0.3
+    from neuromorph.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.crop_padding"):
+        load_config(None, ["data.crop_padding=-1"])

@@ -398,3 +398,36 @@ def test_iterate_batches_bad_args() -> None:
         iterate_batches(x, y, 0, shuffle=False)
     with pytest.raises(DatasetError, match="same number"):
         iterate_batches(x, y[:3], 2, shuffle=False)
+
+
+def test_random_crop_flip_is_a_batched_crop_of_the_padded_image():
+    import torch
+
+    from neuromorph.data import channel_stats, normalize, random_crop_flip
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 3, 8, 8, generator=g)
+    y = random_crop_flip(x, pad=2, flip=True, generator=torch.Generator().manual_seed(1))
+    xp = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    # every output image is some 8x8 window of its padded input, possibly mirrored
+    for b in range(0, 64, 7):
+        windows = [xp[b, :, i:i + 8, j:j + 8] for i in range(5) for j in range(5)]
+        found = any(torch.equal(y[b], w) or torch.equal(y[b], w.flip(-1)) for w in windows)
+        assert found, b
+    # both flips and several offsets occur; the same generator seed repeats the batch exactly
+    assert not torch.equal(y, x)
+    assert torch.equal(y, random_crop_flip(x, pad=2, generator=torch.Generator().manual_seed(1)))
+    assert torch.equal(random_crop_flip(x, pad=0, flip=False), x)
+    mean, std = channel_stats(x)
+    z = normalize(x, mean, std)
+    torch.testing.assert_close(z.transpose(0, 1).reshape(3, -1).mean(1), torch.zeros(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(z.transpose(0, 1).reshape(3, -1).std(1), torch.ones(3), atol=1e-5, rtol=0)
+
+
+def test_cifar_channel_stats_match_published(shared_data):
+    from neuromorph.data import channel_stats, load_dataset
+
+    ds = load_dataset("cifar10", shared_data)
+    mean, std = channel_stats(ds.x_train)
+    assert [round(float(v) * 255, 2) for v in mean] == pytest.approx([125.307, 122.950, 113.865], abs=0.01)
+    assert [round(float(v) * 255, 2) for v in std] == pytest.approx([62.993, 62.089, 66.705], abs=0.02)
