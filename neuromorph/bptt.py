@@ -23,16 +23,16 @@ def _leaves(net: LayeredNetwork) -> list[torch.Tensor]:
     return [p.detach().clone().requires_grad_(True) for p in net.param_list()]
 
 
-def bptt_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, T: int):
-    """Full BPTT gradient of the batch-mean loss after T free steps.
+def bptt_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, T: int, masks: list | None = None):
+    """Full BPTT gradient of the batch-mean loss after T free steps (dropout ``masks`` as in EP).
 
     Returns ``(grads, loss, state)`` with grads in :meth:`LayeredNetwork.param_list` order.
     """
     with torch.enable_grad():
         params = _leaves(net)
         drive = net.input_drive(x, params)
-        res = relax(net, drive, net.zero_state(x.shape[0]), T, params=params, track_grad=True)
-        loss = net.loss(res.state, y, params).mean()
+        res = relax(net, drive, net.zero_state(x.shape[0]), T, params=params, track_grad=True, masks=masks)
+        loss = net.loss(net.masked(res.state, masks), y, params).mean()
         grads = torch.autograd.grad(loss, params, allow_unused=True)
     grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
     return grads, loss.detach(), [s.detach() for s in res.state]

@@ -61,6 +61,8 @@ class ModelConfig:
     bias: bool = True
     init_scale: float = 1.0
     """Multiplier of PyTorch's default (uniform Kaiming) init bounds."""
+    dropout: tuple[float, ...] = ()
+    """Dropout probability per state layer (App. F.3; empty: none), masks fixed within an iteration."""
 
     def __post_init__(self):
         _choice("model.loss", self.loss, LOSSES)
@@ -87,6 +89,8 @@ class ModelConfig:
         return [(c, k, p) for c, k, p in zip(self.conv_channels, kern, pad)]
         _check("model.init_scale", math.isfinite(self.init_scale) and self.init_scale >= 0, self.init_scale,
                "a finite number >= 0")
+        _check("model.dropout", all(0 <= p < 1 for p in self.dropout), list(self.dropout),
+               "probabilities in [0, 1), one per state layer")
 
 
 @dataclass(frozen=True)

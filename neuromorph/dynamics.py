@@ -45,7 +45,7 @@ class RelaxResult:
 
 def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
           y: torch.Tensor | None = None, beta: float | torch.Tensor = 0.0,
-          params=None, record: bool = False, track_grad: bool = False) -> RelaxResult:
+          params=None, record: bool = False, track_grad: bool = False, masks: list | None = None) -> RelaxResult:
     """Run ``steps`` synchronous steps of ``s ← σ(∂Φ/∂s − β ∂ℓ/∂s)`` from ``state``.
 
     Args:
@@ -60,6 +60,7 @@ def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
         record: keep every intermediate state.
         track_grad: keep the autograd graph (BPTT); otherwise the loop runs in place under
             ``torch.no_grad``.
+        masks: scaled dropout masks per layer (App. F.3), fixed for the whole relaxation.
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
@@ -74,7 +75,7 @@ def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
         prev = s
         for _ in range(steps):
             prev = s
-            s = net.step(s, consts, ngb, inplace=not track_grad, split=split)
+            s = net.step(s, consts, ngb, inplace=not track_grad, split=split, masks=masks)
             if record:
                 traj.append(s)
         residual = None

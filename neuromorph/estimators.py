@@ -134,26 +134,31 @@ class EPResult:
 def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimator: Estimator,
                  T: int, K: int, *, generator: torch.Generator | None = None,
                  free: RelaxResult | None = None, drive: torch.Tensor | None = None,
-                 record_nudged: bool = False) -> EPResult:
+                 record_nudged: bool = False, masks: list | None = None) -> EPResult:
     """One EP iteration: free phase (T steps from 0), nudged phases (K steps from ``s_*``), estimate.
 
     All nudged phases of the plan run together as one batch of ``J·B`` rows (``J = 2`` for the
     symmetric estimate). Returns loss gradients ``−∇̂`` in :meth:`LayeredNetwork.param_list` order.
+    With dropout ``masks`` (App. F.3) every phase and the update use the same per-example masks;
+    ``∂Φ/∂θ`` is taken at the masked activities ``m̃ ⊙ s`` (the rule gains ``1/(1 − p)²``).
     """
     batch = x.shape[0]
     with torch.no_grad():
         if drive is None:
             drive = net.input_drive(x)
         if free is None:
-            free = relax(net, drive, net.zero_state(batch), T)
+            free = relax(net, drive, net.zero_state(batch), T, masks=masks)
         plan = estimator.plan(generator)
         J = len(plan.betas)
         start = [s.repeat(J, *([1] * (s.dim() - 1))) for s in free.state]
         beta_col = _rows(plan.betas, batch, drive)
         yJ = y.repeat(J) if y.dim() == 1 else y.repeat(J, 1)
         driveJ = drive.repeat(J, *([1] * (drive.dim() - 1)))
-        nudged = relax(net, driveJ, start, K, y=yJ, beta=beta_col, record=record_nudged)
-        grads = estimate_from_states(net, x, y, free.state, nudged.state, plan, batch)
+        masksJ = None if masks is None else [None if m is None else m.repeat(J, *([1] * (m.dim() - 1)))
+                                             for m in masks]
+        nudged = relax(net, driveJ, start, K, y=yJ, beta=beta_col, record=record_nudged, masks=masksJ)
+        grads = estimate_from_states(net, x, y, net.masked(free.state, masks), net.masked(nudged.state, masksJ),
+                                     plan, batch)
     return EPResult(grads, free, nudged, plan)
 
 

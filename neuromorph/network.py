@@ -227,7 +227,7 @@ class LayeredNetwork(nn.Module):
                  bias: bool = True, init_scale: float = 1.0, seed: int = 0,
                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", *, input_shape: Sequence[int] | None = None,
-                 conv: Sequence[Sequence[int]] = ()) -> None:
+                 conv: Sequence[Sequence[int]] = (), dropout: Sequence[float] = ()) -> None:
         super().__init__()
         sizes = [int(n) for n in sizes]
         if loss not in LOSSES:
@@ -261,6 +261,10 @@ class LayeredNetwork(nn.Module):
             shapes.append(shape)
         self.state_shapes = shapes
         self.state_sizes = [math.prod(s) for s in shapes]
+        dropout = tuple(float(p) for p in dropout)
+        if dropout and (len(dropout) != len(shapes) or not all(0 <= p < 1 for p in dropout)):
+            raise ValueError(f"dropout needs one probability in [0, 1) per state layer ({len(shapes)}), got {dropout}")
+        self.dropout = dropout if any(dropout) else ()
         gen = generator if generator is not None else torch.Generator().manual_seed(seed)
         params: list[nn.Parameter] = []
         self.groups: list[list[nn.Parameter]] = []
@@ -318,6 +322,22 @@ class LayeredNetwork(nn.Module):
                              f"{math.prod(self.input_shape)} (shape {self.input_shape})")
         x = x.reshape(x.shape[0], *self.input_shape)
         return x.to(dtype=self.dtype, device=self.device)
+
+    def sample_dropout_masks(self, batch: int, generator: torch.Generator | None = None) -> list | None:
+        """Scaled dropout masks ``m/(1 − p)`` per state layer, one per example (App. F.3), or ``None``.
+
+        Drawn once per training iteration and used by every phase of it and by its update.
+        """
+        if not self.dropout:
+            return None
+        masks = []
+        for p, shape in zip(self.dropout, self.state_shapes):
+            if p == 0:
+                masks.append(None)
+                continue
+            keep = torch.rand((batch, *shape), generator=generator) >= p
+            masks.append((keep.to(self.dtype) / (1 - p)).to(self.device))
+        return masks
 
     def one_hot(self, y: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.one_hot(y.long(), self.n_classes).to(self.dtype)
@@ -384,15 +404,19 @@ class LayeredNetwork(nn.Module):
         return consts, -g * beta_col
 
     def step(self, state: State, consts: list[torch.Tensor], neg_gamma_beta: torch.Tensor | None,
-             params: Sequence[torch.Tensor] | None = None, inplace: bool = False, split=None) -> State:
+             params: Sequence[torch.Tensor] | None = None, inplace: bool = False, split=None,
+             masks: list | None = None) -> State:
         """One synchronous step of Eq. 4 / Eq. 22 / Eq. 26 (all layers from the previous state), explicit.
 
         ``inplace=True`` is the autograd-free hot-loop form; ``False`` keeps the graph (BPTT).
         ``split`` is ``self._split(params)`` precomputed by the caller's loop. Forward products
         come first (a pooling synapse keeps its argmax indices), then the transposed products
-        that unpool with them.
+        that unpool with them. With dropout ``masks`` (scaled, App. F.3) the step is
+        ``s ← σ(m̃ ⊙ ∂(Φ − βℓ)/∂s̃)`` evaluated at ``s̃ = m̃ ⊙ s``: the gradient of ``Φ(m̃ ⊙ s)``.
         """
         per, ro = split if split is not None else self._split(params)
+        if masks is not None:
+            state = [s if m is None else s * m for s, m in zip(state, masks)]
         syns = self.synapses
         g = self.act.gain
         n = len(state)
@@ -413,4 +437,15 @@ class LayeredNetwork(nn.Module):
                 last = state[k].reshape(state[k].shape[0], -1)
                 fb = ((torch.softmax(last @ ro.t(), -1) * neg_gamma_beta) @ ro).view(state[k].shape)
                 z[k] = z[k].add_(fb) if inplace else z[k] + fb
+        if masks is not None:
+            o = self.act.offset
+            for k, m in enumerate(masks):
+                if m is not None:
+                    z[k] = (z[k] - o) * m + o
         return [self.act.unit_(zk) for zk in z] if inplace else [self.act.unit_fn(zk) for zk in z]
+
+    def masked(self, state: State, masks: list | None) -> State:
+        """``m̃ ⊙ s`` per layer (the activity the other layers and the read-out see under dropout)."""
+        if masks is None:
+            return state
+        return [s if m is None else s * m for s, m in zip(state, masks)]

@@ -79,7 +79,8 @@ def build_network(cfg: RunConfig, n_features: int, n_classes: int,
         raise ValueError(f"train.device = {device!r} but CUDA is not available on this machine; use \"cpu\"")
     return LayeredNetwork(layers, loss=cfg.model.loss, activation=cfg.model.activation, bias=cfg.model.bias,
                           init_scale=cfg.model.init_scale, seed=cfg.train.seed, dtype=_dtype(cfg.train.dtype),
-                          device=device, input_shape=input_shape if conv else None, conv=conv)
+                          device=device, input_shape=input_shape if conv else None, conv=conv,
+                          dropout=cfg.model.dropout)
 
 
 def make_optimizer(net: LayeredNetwork, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -228,6 +229,7 @@ class Trainer:
         for g in opt.param_groups:
             g["lr"] = learning_rate(epoch, g["lr0"], tc.lr_final, tc.decay_epochs, tc.after_decay)
         order_gen, sign_gen, aug_gen = self._generator(epoch, 0), self._generator(epoch, 1), self._generator(epoch, 2)
+        drop_gen = self._generator(epoch, 3)
         dc, shape = cfg.data, self.dataset.input_shape
         params = net.param_list()
         n = self.x_train.shape[0]
@@ -246,14 +248,16 @@ class Trainer:
                     xb = random_crop_flip(xb, pad=dc.crop_padding, generator=aug_gen)
                 if self._stats is not None:
                     xb = normalize(xb, *self._stats)
+            masks = net.sample_dropout_masks(xb.shape[0], drop_gen)
             if tc.algorithm == "ep":
-                res = ep_gradients(net, xb, yb, self.estimator, ec.T, ec.K, generator=sign_gen)
-                grads, state = res.grads, res.free.state
+                res = ep_gradients(net, xb, yb, self.estimator, ec.T, ec.K, generator=sign_gen, masks=masks)
+                grads, state = res.grads, net.masked(res.free.state, masks)
                 bad += (~res.free.converged(ec.convergence_tol)).sum()
                 with torch.no_grad():
                     batch_loss = net.loss(state, yb).sum()
             else:
-                grads, batch_loss, state = bptt_gradients(net, xb, yb, ec.T)
+                grads, batch_loss, state = bptt_gradients(net, xb, yb, ec.T, masks=masks)
+                state = net.masked(state, masks)
                 batch_loss = batch_loss * xb.shape[0]
             if not torch.isfinite(batch_loss):
                 raise TrainingDiverged(
