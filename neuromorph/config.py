@@ -80,6 +80,10 @@ class ModelConfig:
         _check("model.conv_padding", len(self.conv_padding) in ((0, 1, n) if n else (0,))
                and all(p >= 0 for p in self.conv_padding), list(self.conv_padding),
                f"empty, one value or one per conv layer ({n}), each >= 0" if n else "empty without conv_channels")
+        _check("model.init_scale", math.isfinite(self.init_scale) and self.init_scale >= 0, self.init_scale,
+               "a finite number >= 0")
+        _check("model.dropout", all(0 <= p < 1 for p in self.dropout), list(self.dropout),
+               "probabilities in [0, 1), one per state layer")
 
     def conv_layers(self) -> list[tuple[int, int, int]]:
         """``[(channels, kernel, padding), …]`` with single values broadcast to every layer."""
@@ -87,10 +91,6 @@ class ModelConfig:
         kern = self.conv_kernels * n if len(self.conv_kernels) == 1 else self.conv_kernels
         pad = (self.conv_padding or (0,)) * n if len(self.conv_padding) <= 1 else self.conv_padding
         return [(c, k, p) for c, k, p in zip(self.conv_channels, kern, pad)]
-        _check("model.init_scale", math.isfinite(self.init_scale) and self.init_scale >= 0, self.init_scale,
-               "a finite number >= 0")
-        _check("model.dropout", all(0 <= p < 1 for p in self.dropout), list(self.dropout),
-               "probabilities in [0, 1), one per state layer")
 
 
 @dataclass(frozen=True)

@@ -173,3 +173,10 @@ def test_demo_smoke(tmp_path, capsys):
     for label in ("EP symmetric", "EP one-sided", "BPTT"):
         assert label in out
     assert (tmp_path / "learning_curves.png").stat().st_size > 1000
+
+
+def test_model_values_checked():
+    with pytest.raises(ConfigError, match="model.init_scale"):
+        load_config(None, ["model.init_scale=-1"])
+    with pytest.raises(ConfigError, match="model.dropout"):
+        load_config(None, ["model.dropout=[1.5]"])
