@@ -86,6 +86,33 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_ep_vs_bptt(args) -> int:
+    import torch
+
+    from .compare import ep_vs_bptt, plot_ep_vs_bptt
+    from .train import Trainer, load_checkpoint
+
+    cfg = load_config(args.config, list(args.set or []))
+    tr = Trainer(cfg)
+    if args.checkpoint:
+        tr.net.load_state_dict(load_checkpoint(args.checkpoint)["model"])
+    gen = torch.Generator().manual_seed(args.seed)
+    idx = torch.randperm(tr.x_train.shape[0], generator=gen)[: args.batch]
+    beta = args.beta if args.beta is not None else cfg.ep.beta
+    T = args.T or cfg.ep.T
+    K = args.K or cfg.ep.K
+    res = ep_vs_bptt(tr.net, tr.x_train[idx], tr.y_train[idx], T, K, beta)
+    path = plot_ep_vs_bptt(res, args.out)
+    print(f"free phase residual {res['free_residual']:.2e} (the comparison needs a converged free phase)")
+    print(f"{'layer':<12}{'RMSE one-sided':>16}{'RMSE symmetric':>16}{'sign one-sided':>16}{'sign symmetric':>16}")
+    for i, name in enumerate(res["names"]):
+        print(f"{name:<12}{res['rmse']['one_sided'][i][-1]:>16.3g}{res['rmse']['symmetric'][i][-1]:>16.3g}"
+              f"{res['sign_agreement']['one_sided'][i][-1]:>16.3f}{res['sign_agreement']['symmetric'][i][-1]:>16.3f}")
+    print(f"(relative RMSE and sign agreement with BPTT at t = K = {K}); figure {path}, "
+          f"numbers {path.with_suffix('.json')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neuromorph", description="Equilibrium Propagation on simulated analog hardware.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -109,6 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="runs/demo")
     d.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the embedded demo config")
     d.set_defaults(func=_cmd_demo)
+
+    c = sub.add_parser("ep-vs-bptt", help="EP updates vs truncated BPTT at every nudged step (Fig. 1d / 7)")
+    c.add_argument("--config", required=True, help="TOML config (network, data, T, K, beta)")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.add_argument("--checkpoint", help="load these weights instead of the initial ones")
+    c.add_argument("--batch", type=int, default=32)
+    c.add_argument("--beta", type=float, default=None)
+    c.add_argument("--T", type=int, default=None)
+    c.add_argument("--K", type=int, default=None)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", default="runs/ep_vs_bptt.png")
+    c.set_defaults(func=_cmd_ep_vs_bptt)
 
     from .devices.cli import add_parser as add_device_parser
 
