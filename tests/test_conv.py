@@ -3,6 +3,7 @@ trips, and EP against BPTT on a small ConvNet (float64)."""
 
 import pytest
 import torch
+from oracles import assert_step_is_sigma_of_autograd
 
 from neuromorph.bptt import bptt_gradients
 from neuromorph.dynamics import relax
@@ -38,13 +39,7 @@ def test_conv_step_equals_sigma_of_autograd_phi(loss, act):
     g = torch.Generator().manual_seed(1)
     state = [torch.rand(6, *s, generator=g, dtype=F64) for s in net.state_shapes]
     beta = torch.tensor([0.0, 0.4, -0.4, 1.0, -1.0, 0.1], dtype=F64).unsqueeze(1)
-    consts, ngb = net.constants(net.input_drive(x), y, beta)
-    explicit = net.step(state, consts, ngb, inplace=True)
-    s = [t.clone().requires_grad_(True) for t in state]
-    energy = net.phi(x, s) - beta.squeeze(1) * net.loss(s, y)
-    grads = torch.autograd.grad(energy.sum(), s)
-    for e, gr in zip(explicit, grads):
-        torch.testing.assert_close(e, net.act(gr), rtol=0, atol=1e-12)
+    assert_step_is_sigma_of_autograd(net, x, y, state, beta)
 
 
 def test_conv_phi_param_grads_equal_autograd():

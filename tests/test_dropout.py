@@ -4,6 +4,7 @@ dropout still equals BPTT with the same masks."""
 
 import pytest
 import torch
+from oracles import assert_step_is_sigma_of_autograd
 
 from neuromorph.bptt import bptt_gradients
 from neuromorph.dynamics import relax
@@ -26,14 +27,7 @@ def test_dropout_step_is_gradient_of_masked_phi(loss):
     g = torch.Generator().manual_seed(5)
     state = [torch.rand(8, n, generator=g, dtype=F64) for n in net.state_sizes]
     beta = torch.linspace(-1, 1, 8, dtype=F64).unsqueeze(1)
-    consts, ngb = net.constants(net.input_drive(x), y, beta)
-    explicit = net.step(state, consts, ngb, inplace=True, masks=masks)
-    s = [t.clone().requires_grad_(True) for t in state]
-    sm = net.masked(s, masks)
-    energy = net.phi(x, sm) - beta.squeeze(1) * net.loss(sm, y)
-    grads = torch.autograd.grad(energy.sum(), s)
-    for e, gr in zip(explicit, grads):
-        torch.testing.assert_close(e, net.act(gr), rtol=0, atol=1e-12)
+    assert_step_is_sigma_of_autograd(net, x, y, state, beta, masks)
 
 
 def test_masks_per_example_scaled_and_expected_activity_unchanged():

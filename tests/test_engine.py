@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from oracles import assert_step_is_sigma_of_autograd
 
 from neuromorph.bptt import bptt_gradients, bptt_truncated
 from neuromorph.dynamics import relax
@@ -39,15 +40,7 @@ def test_explicit_step_equals_sigma_of_autograd_phi(loss, act):
     g = torch.Generator().manual_seed(5)
     state = [torch.rand(8, n, generator=g, dtype=F64) * 1.2 - 0.1 for n in net.state_sizes]
     beta = torch.tensor([0.0, 0.3, -0.3, 1.0, -1.0, 0.05, 2.0, -0.7], dtype=F64).unsqueeze(1)
-    drive = net.input_drive(x)
-    consts, ngb = net.constants(drive, y, beta)
-    explicit = net.step(state, consts, ngb, inplace=True)
-
-    s = [t.clone().requires_grad_(True) for t in state]
-    energy = net.phi(x, s) - beta.squeeze(1) * net.loss(s, y)
-    grads = torch.autograd.grad(energy.sum(), s)
-    for e, gr in zip(explicit, grads):
-        torch.testing.assert_close(e, net.act(gr), rtol=0, atol=1e-12)
+    assert_step_is_sigma_of_autograd(net, x, y, state, beta)
 
 
 @pytest.mark.parametrize("loss", ["mse", "xent"])
