@@ -215,43 +215,37 @@ class CrossbarLayer:
         return p.adc(torch.bmm(vp, gb), self.g0).sum(0)
 
     # ------------------------------------------------------------------ reads
+    def _read(self, u: torch.Tensor, forward: bool, t: float | None) -> torch.Tensor:
+        """One read of the array from the input side (``forward``) or the output side, in weight units."""
+        n_in, n_out = (self.in_features, self.out_features) if forward else (self.out_features, self.in_features)
+        u, single = self._as_batch(u, n_in, "x" if forward else "y")
+        v = self.periphery.dac(u)
+        gp, gn = self.read_conductances(u.shape[0], t)
+        kind = "forward" if forward else "transpose"
+        self._calls[f"{kind}_calls"] += 1
+        self._calls[f"{kind}_samples"] += u.shape[0]
+        if not self.periphery.ir_drop:
+            i = self._partial_sums(v, gp - gn, self.rows if forward else self.cols, forward=forward)
+        else:
+            i = torch.zeros(u.shape[0], n_out, dtype=self.dtype, device=self.device)
+            for tile in self.tiles:
+                src, dst = (tile.in_slice, tile.out_slice) if forward else (tile.out_slice, tile.in_slice)
+                currents = tile.forward_currents if forward else tile.transpose_currents
+                i[:, dst] += self.periphery.adc(currents(v[:, src], gp, gn), self.g0)
+        out = i / self.amps_per_weight_unit
+        return out[0] if single else out
+
     def forward(self, x: torch.Tensor, *, t: float | None = None) -> torch.Tensor:
         """``y = W x`` through DACs, the devices (read noise, drift at ``t`` [s]), IR drop and per-tile ADCs.
         ``x``: (B, in) or (in,); returns (B, out) or (out,) in weight units."""
-        x, single = self._as_batch(x, self.in_features, "x")
-        v = self.periphery.dac(x)
-        gp, gn = self.read_conductances(x.shape[0], t)
-        self._calls["forward_calls"] += 1
-        self._calls["forward_samples"] += x.shape[0]
-        if not self.periphery.ir_drop:
-            i = self._partial_sums(v, gp - gn, self.rows, forward=True)
-        else:
-            i = torch.zeros(x.shape[0], self.out_features, dtype=self.dtype, device=self.device)
-            for tile in self.tiles:
-                part = tile.forward_currents(v[:, tile.in_slice], gp, gn)
-                i[:, tile.out_slice] += self.periphery.adc(part, self.g0)
-        y = i / self.amps_per_weight_unit
-        return y[0] if single else y
+        return self._read(x, True, t)
 
     __call__ = forward
 
     def transpose(self, y: torch.Tensor, *, t: float | None = None) -> torch.Tensor:
         """``x' = Wᵀ y`` through the output-side drivers, the same devices, IR drop and per-tile ADCs on the input
         lines. ``y``: (B, out) or (out,); returns (B, in) or (in,) in weight units."""
-        y, single = self._as_batch(y, self.out_features, "y")
-        v = self.periphery.dac(y)
-        gp, gn = self.read_conductances(y.shape[0], t)
-        self._calls["transpose_calls"] += 1
-        self._calls["transpose_samples"] += y.shape[0]
-        if not self.periphery.ir_drop:
-            i = self._partial_sums(v, gp - gn, self.cols, forward=False)
-        else:
-            i = torch.zeros(y.shape[0], self.in_features, dtype=self.dtype, device=self.device)
-            for tile in self.tiles:
-                part = tile.transpose_currents(v[:, tile.out_slice], gp, gn)
-                i[:, tile.in_slice] += self.periphery.adc(part, self.g0)
-        x = i / self.amps_per_weight_unit
-        return x[0] if single else x
+        return self._read(y, False, t)
 
     # ------------------------------------------------------------------ weights and programming
     def weights(self) -> torch.Tensor:
