@@ -408,11 +408,24 @@ class LayeredNetwork(nn.Module):
              masks: list | None = None) -> State:
         """One synchronous step of Eq. 4 / Eq. 22 / Eq. 26 (all layers from the previous state), explicit.
 
-        ``inplace=True`` is the autograd-free hot-loop form; ``False`` keeps the graph (BPTT).
-        ``split`` is ``self._split(params)`` precomputed by the caller's loop. Forward products
-        come first (a pooling synapse keeps its argmax indices), then the transposed products
-        that unpool with them. With dropout ``masks`` (scaled, App. F.3) the step is
-        ``s ← σ(m̃ ⊙ ∂(Φ − βℓ)/∂s̃)`` evaluated at ``s̃ = m̃ ⊙ s``: the gradient of ``Φ(m̃ ⊙ s)``.
+        ``s ← σ(u(s))`` with ``u`` from :meth:`preactivation`. ``inplace=True`` is the autograd-free
+        hot-loop form; ``False`` keeps the graph (BPTT). ``split`` is ``self._split(params)``
+        precomputed by the caller's loop.
+        """
+        z = self.preactivation(state, consts, neg_gamma_beta, inplace=inplace, split=split or self._split(params),
+                               masks=masks)
+        return [self.act.unit_(zk) for zk in z] if inplace else [self.act.unit_fn(zk) for zk in z]
+
+    def preactivation(self, state: State, consts: list[torch.Tensor], neg_gamma_beta: torch.Tensor | None,
+                      params: Sequence[torch.Tensor] | None = None, inplace: bool = False, split=None,
+                      masks: list | None = None) -> list[torch.Tensor]:
+        """``u(s) = γ·(∂Φ/∂s − β ∂ℓ/∂s) + o`` per layer, so that the step is ``s ← unit(u)`` and σ = unit∘(γ·+o).
+
+        This is the steady-state node voltage of the circuit ODE ``τ du/dt = −u + u(σ(u))``
+        (ARCHITECTURE.md §2): explicit Euler with ``dt = τ`` is the discrete iteration.
+        Forward products come first (a pooling synapse keeps its argmax indices), then the
+        transposed products that unpool with them. With dropout ``masks`` (scaled, App. F.3) the
+        step is ``s ← σ(m̃ ⊙ ∂(Φ − βℓ)/∂s̃)`` evaluated at ``s̃ = m̃ ⊙ s``: the gradient of ``Φ(m̃ ⊙ s)``.
         """
         per, ro = split if split is not None else self._split(params)
         if masks is not None:
@@ -442,7 +455,7 @@ class LayeredNetwork(nn.Module):
             for k, m in enumerate(masks):
                 if m is not None:
                     z[k] = (z[k] - o) * m + o
-        return [self.act.unit_(zk) for zk in z] if inplace else [self.act.unit_fn(zk) for zk in z]
+        return z
 
     def masked(self, state: State, masks: list | None) -> State:
         """``m̃ ⊙ s`` per layer (the activity the other layers and the read-out see under dropout)."""
