@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .activations import ACTIVATIONS
-from .estimators import ESTIMATORS
+from .estimators import ESTIMATORS, RULES
 from .network import LOSSES
 
 __all__ = ["ConfigError", "ModelConfig", "EPConfig", "TrainConfig", "DataConfig", "OutputConfig", "RunConfig",
@@ -63,6 +63,9 @@ class ModelConfig:
     """Multiplier of PyTorch's default (uniform Kaiming) init bounds."""
     dropout: tuple[float, ...] = ()
     """Dropout probability per state layer (App. F.3; empty: none), masks fixed within an iteration."""
+    unidirectional: bool = False
+    """Separate backward weights on every synapse but the first, without bias (App. E.4, Eq. 32);
+    trained with ``ep.rule = "vf"`` or ``"kp_vf"``."""
 
     def __post_init__(self):
         _choice("model.loss", self.loss, LOSSES)
@@ -105,9 +108,13 @@ class EPConfig:
     """Nudged-phase steps."""
     convergence_tol: float = 1e-3
     """A sample whose last free step moved a unit by more than this is counted as not converged."""
+    rule: str = "ep"
+    """Learning rule: ``"ep"`` (Eq. 24–29, bidirectional networks), ``"vf"`` (Eq. 33/34) or ``"kp_vf"``
+    (Kolen-Pollack VF, Eq. 35–37) for unidirectional networks. Table 1's VF rows use the symmetric estimator."""
 
     def __post_init__(self):
         _choice("ep.estimator", self.estimator, ESTIMATORS)
+        _choice("ep.rule", self.rule, RULES)
         _check("ep.beta", math.isfinite(self.beta) and self.beta > 0, self.beta, "a finite number > 0")
         _check("ep.T", self.T >= 1, self.T, "an integer >= 1")
         _check("ep.K", self.K >= 1, self.K, "an integer >= 1")
@@ -207,6 +214,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self):
+        if self.model.unidirectional and self.ep.rule == "ep" and self.train.algorithm == "ep":
+            raise ConfigError("model.unidirectional = true has no primitive Φ for ep.rule = \"ep\"; "
+                              "set ep.rule = \"vf\" or \"kp_vf\"")
+        if not self.model.unidirectional and self.ep.rule != "ep":
+            raise ConfigError(f"ep.rule = {self.ep.rule!r} trains separate backward weights; "
+                              "set model.unidirectional = true, or ep.rule = \"ep\"")
 
 
 def _coerce(path: str, value: Any, tp: Any) -> Any:

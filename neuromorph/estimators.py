@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from .dynamics import RelaxResult, relax
-from .network import LayeredNetwork
+from .network import Dense, LayeredNetwork
 
 __all__ = ["Estimator", "OneSided", "RandomSign", "Symmetric", "Plan", "EPResult", "ep_gradients",
-           "combine_phi_grads", "make_estimator", "ESTIMATORS"]
+           "combine_phi_grads", "vector_field_grads", "make_estimator", "ESTIMATORS", "RULES", "check_rule"]
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ def _rows(values: tuple[float, ...], batch: int, like: torch.Tensor) -> torch.Te
 
 def combine_phi_grads(net: LayeredNetwork, x: torch.Tensor, states: list[torch.Tensor],
                       coefs: torch.Tensor, batch: int, params=None) -> list[torch.Tensor]:
-    """``(1/B) Σ_rows c_row ∂Φ/∂θ(s_row)`` for every synapse parameter, explicitly.
+    """``(1/B) Σ_rows c_row ∂Φ/∂θ(s_row)`` for every synapse parameter, explicitly (bidirectional networks).
 
     ``states`` are phase-stacked layer activities ``(J·B, n_k)`` and ``coefs`` the matching
     ``(J·B, 1)`` column. Returns the gradients in :meth:`LayeredNetwork.param_list` order,
@@ -110,7 +110,7 @@ def combine_phi_grads(net: LayeredNetwork, x: torch.Tensor, states: list[torch.T
     """
     n_phases = states[0].shape[0] // batch
     xf = net.flatten_input(x)
-    per, _ = net._split(params)
+    per = net._split(params)[0]
     out: list[torch.Tensor] = []
     for k, syn in enumerate(net.synapses):
         post_c = states[k] * coefs.view(-1, *([1] * (states[k].dim() - 1)))
@@ -118,6 +118,73 @@ def combine_phi_grads(net: LayeredNetwork, x: torch.Tensor, states: list[torch.T
             out += syn.phi_grads(post_c, None, xf, n_phases, batch, per[k])
         else:
             out += syn.phi_grads(post_c, states[k - 1], None, n_phases, batch, per[k])
+    return out
+
+
+RULES = ("ep", "vf", "kp_vf")
+
+
+def check_rule(net: LayeredNetwork, rule: str) -> None:
+    """The learning rule must fit the network: ``ep`` needs a Φ (bidirectional), VF/KP-VF need ``w^b``."""
+    if rule not in RULES:
+        raise ValueError(f"unknown learning rule {rule!r}; allowed: {', '.join(RULES)}")
+    if net.unidirectional and rule == "ep":
+        raise ValueError("rule 'ep' needs a primitive Φ, which a unidirectional network does not have; "
+                         "use rule 'vf' or 'kp_vf' (App. E.4)")
+    if not net.unidirectional and rule != "ep":
+        raise ValueError(f"rule {rule!r} trains separate backward weights; build the network with "
+                         "unidirectional=True (model.unidirectional = true), or use rule 'ep'")
+
+
+def vector_field_grads(net: LayeredNetwork, x: torch.Tensor, free_state: list[torch.Tensor],
+                       states: list[torch.Tensor], coefs: torch.Tensor, batch: int, rule: str) -> list[torch.Tensor]:
+    """The VF (Eq. 31/33/34) or KP-VF (Eq. 35–37) estimate of a unidirectional network, explicitly.
+
+    ``states``/``coefs`` are the phase-stacked steady states and their coefficients (as in
+    :func:`combine_phi_grads`, the free phase included when its coefficient is not zero);
+    ``free_state`` is the free steady state ``s_*`` (``B`` rows). For synapse ``k ≥ 2`` with
+    ``c = Σ_j c_j``-weighted phases:
+
+    * ``vf``: Eq. 33, ``∂u/∂θ(s_*)ᵀ · Σ_j c_j s_j`` with ``u`` the pre-activation (the Jacobian of
+      the transition at the free steady state; Eq. 34 written out): ``∇w^f = 𝓟⁻¹(Σ_j c_j s^k_j) ⋆
+      s^{k-1}_*`` and ``∇w^b = 𝓟⁻¹(s^k_*) ⋆ Σ_j c_j s^{k-1}_j``, both unpooled with the indices at
+      ``s_*`` (of ``w^f ⋆ s^{k-1}_*`` resp. ``w^b ⋆ s^{k-1}_*``). The official code takes the
+      backward indices at each nudged state instead; the two agree for dense synapses and differ
+      for convolutions only where an argmax moves between phases;
+    * ``kp_vf``: ``∇̄_f = Σ_j c_j ∂/∂w^f [s^k_j • 𝓟(w^f ⋆ s^{k-1}_j)]`` and ``∇̄_b`` the same with
+      the indices of ``w^b`` (Eq. 37); both weights get their mean (Eq. 36). For dense synapses
+      ``∇̄_f = ∇̄_b`` and it is computed once.
+
+    The first synapse (from the static input) and every bias follow the EP rule (Eq. 34). Returns
+    the estimates ``∇̂`` (not negated) in :meth:`LayeredNetwork.param_list` order, without the read-out.
+    """
+    check_rule(net, rule)
+    n_phases = states[0].shape[0] // batch
+    xf = net.flatten_input(x)
+    per, _, back = net._split(None)
+    out: list[torch.Tensor] = []
+
+    def col(t):
+        return coefs.view(-1, *([1] * (t.dim() - 1)))
+
+    for k, syn in enumerate(net.synapses):
+        post_c = states[k] * col(states[k])
+        if k == 0:
+            out += syn.phi_grads(post_c, None, xf, n_phases, batch, per[k])
+            continue
+        if rule == "kp_vf":
+            fwd = syn.phi_grads(post_c, states[k - 1], None, n_phases, batch, per[k])
+            gb = fwd[0] if isinstance(syn, Dense) else syn.phi_grads(post_c, states[k - 1], None, n_phases, batch,
+                                                                   [back[k]])[0]
+            common = 0.5 * (fwd[0] + gb)
+            out += [common, *fwd[1:], common]
+        else:
+            post_sum = post_c.view(n_phases, batch, *post_c.shape[1:]).sum(0)
+            fwd = syn.phi_grads(post_sum, free_state[k - 1], None, 1, batch, per[k])
+            pre_c = states[k - 1] * col(states[k - 1])
+            pre_sum = pre_c.view(n_phases, batch, *pre_c.shape[1:]).sum(0)
+            gb = syn.phi_grads(free_state[k], pre_sum, None, 1, batch, [back[k]], index_pre=free_state[k - 1])[0]
+            out += [*fwd, gb]
     return out
 
 
@@ -134,14 +201,16 @@ class EPResult:
 def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimator: Estimator,
                  T: int, K: int, *, generator: torch.Generator | None = None,
                  free: RelaxResult | None = None, drive: torch.Tensor | None = None,
-                 record_nudged: bool = False, masks: list | None = None) -> EPResult:
+                 record_nudged: bool = False, masks: list | None = None, rule: str = "ep") -> EPResult:
     """One EP iteration: free phase (T steps from 0), nudged phases (K steps from ``s_*``), estimate.
 
     All nudged phases of the plan run together as one batch of ``J·B`` rows (``J = 2`` for the
     symmetric estimate). Returns loss gradients ``−∇̂`` in :meth:`LayeredNetwork.param_list` order.
     With dropout ``masks`` (App. F.3) every phase and the update use the same per-example masks;
     ``∂Φ/∂θ`` is taken at the masked activities ``m̃ ⊙ s`` (the rule gains ``1/(1 − p)²``).
+    ``rule``: ``"ep"`` (Eq. 24–29), or ``"vf"`` / ``"kp_vf"`` for a unidirectional network (Eq. 33–37).
     """
+    check_rule(net, rule)
     batch = x.shape[0]
     with torch.no_grad():
         if drive is None:
@@ -158,20 +227,24 @@ def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimato
                                              for m in masks]
         nudged = relax(net, driveJ, start, K, y=yJ, beta=beta_col, record=record_nudged, masks=masksJ)
         grads = estimate_from_states(net, x, y, net.masked(free.state, masks), net.masked(nudged.state, masksJ),
-                                     plan, batch)
+                                     plan, batch, rule)
     return EPResult(grads, free, nudged, plan)
 
 
 def estimate_from_states(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, free_state, nudged_state,
-                         plan: Plan, batch: int) -> list[torch.Tensor]:
-    """Loss gradients ``−∇̂`` from a free state and phase-stacked nudged states (Eq. 24–29)."""
+                         plan: Plan, batch: int, rule: str = "ep") -> list[torch.Tensor]:
+    """Loss gradients ``−∇̂`` from a free state and phase-stacked nudged states (Eq. 24–29, 33–37)."""
     coefs = _rows(plan.coefs, batch, nudged_state[0])
     if plan.coef_free != 0.0:
         states = [torch.cat([f, s]) for f, s in zip(free_state, nudged_state)]
         coefs = torch.cat([torch.full((batch, 1), plan.coef_free, dtype=coefs.dtype, device=coefs.device), coefs])
     else:
         states = nudged_state
-    grads = [-g for g in combine_phi_grads(net, x, states, coefs, batch)]
+    if rule == "ep":
+        est = combine_phi_grads(net, x, states, coefs, batch)
+    else:
+        est = vector_field_grads(net, x, free_state, states, coefs, batch, rule)
+    grads = [-g for g in est]
     if net.readout is not None:
         J = len(plan.betas)
         s_last = nudged_state[-1].reshape(nudged_state[-1].shape[0], -1)

@@ -94,6 +94,11 @@ class Dense:
             return acc.addmm_(post, w, alpha=alpha)
         return torch.addmm(acc, post, w, alpha=alpha)
 
+    @staticmethod
+    def indices(p: Sequence[torch.Tensor], pre: torch.Tensor) -> None:
+        """What the transposed product needs besides the weight: nothing for a dense synapse."""
+        return None
+
     def phi(self, p: Sequence[torch.Tensor], pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
         """Φ term per sample, shape ``(B,)``."""
         a = pre.reshape(pre.shape[0], -1) @ p[0].t()
@@ -102,8 +107,8 @@ class Dense:
         return (post * a).sum(-1)
 
     def phi_grads(self, post_c: torch.Tensor, pre: torch.Tensor | None, x_pre: torch.Tensor | None,
-                  n_phases: int, batch: int, p: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
-        """``Σ_j c_j ∂Φ/∂θ(s_j)`` averaged over the batch.
+                  n_phases: int, batch: int, p: Sequence[torch.Tensor] = (), index_pre=None) -> list[torch.Tensor]:
+        """``Σ_j c_j ∂Φ/∂θ(s_j)`` averaged over the batch (``index_pre``: unused, for :class:`ConvPool`).
 
         ``post_c`` stacks the coefficient-weighted post activities of all phases, ``(J·B, n_post)``.
         Either ``pre`` stacks the matching pre activities ``(J·B, n_pre)``, or ``x_pre`` is an
@@ -178,6 +183,10 @@ class ConvPool:
         z, aux = self._pool(pre, p[0])
         return torch.add(const, z, alpha=alpha), aux
 
+    def indices(self, p: Sequence[torch.Tensor], pre: torch.Tensor):
+        """The argmax indices of ``𝓟(w ⋆ s_pre)`` (Eq. 19) that the transposed product unpools with."""
+        return self._pool(pre, p[0])[1]
+
     def unpool(self, post: torch.Tensor, aux) -> torch.Tensor:
         idx, conv_shape = aux
         return torch.nn.functional.max_unpool2d(post, idx, self.pool, self.pool, output_size=conv_shape[-2:])
@@ -192,11 +201,15 @@ class ConvPool:
         return (post * z).flatten(1).sum(-1)
 
     def phi_grads(self, post_c: torch.Tensor, pre: torch.Tensor | None, x_pre: torch.Tensor | None,
-                  n_phases: int, batch: int, p: Sequence[torch.Tensor] = ()) -> list[torch.Tensor]:
-        """``Σ_rows 𝓟⁻¹(c·s_post) ⋆ s_pre / B`` with the argmax indices of ``w ⋆ s_pre`` of each row (Eq. 25)."""
+                  n_phases: int, batch: int, p: Sequence[torch.Tensor] = (), index_pre=None) -> list[torch.Tensor]:
+        """``Σ_rows 𝓟⁻¹(c·s_post) ⋆ s_pre / B`` with the argmax indices of ``w ⋆ s_pre`` of each row (Eq. 25).
+
+        ``index_pre``: take the argmax indices of ``w ⋆ index_pre`` instead (the Jacobian of the
+        pooled convolution at another state, applied to ``s_pre``; the VF rule, Eq. 33).
+        """
         if x_pre is not None:
             pre = x_pre.repeat(n_phases, *([1] * (x_pre.dim() - 1))) if n_phases > 1 else x_pre
-        _, aux = self._pool(pre, p[0])
+        _, aux = self._pool(pre if index_pre is None else index_pre, p[0])
         u = self.unpool(post_c, aux)
         gw = torch.nn.grad.conv2d_weight(pre, p[0].shape, u, padding=self.padding)
         out = [gw / batch]
@@ -221,13 +234,21 @@ class LayeredNetwork(nn.Module):
         input_shape: ``(C, H, W)`` of the input, required with ``conv``.
         conv: ``[(channels, kernel, padding), …]``: conv layers, each followed by 2x2 max-pool of
             stride 2 (App. E), before the fully connected part.
+        dropout: one probability per state layer (App. F.3).
+        unidirectional: separate backward weights ``w_k^b`` (App. E.4, Eq. 32): every synapse but
+            the first (the static input has no feedback) gets a backward weight of the forward
+            weight's shape, without bias, initialised independently with the same distribution
+            (drawn after every forward weight, so the forward weights equal those of the
+            bidirectional network of the same seed). The dynamics is then a vector field, not the
+            gradient of a Φ; it is trained with the VF or KP-VF rules (Eq. 33–37).
     """
 
     def __init__(self, sizes: Sequence[int], loss: str = "mse", activation: str | Activation = "half_hard_sigmoid",
                  bias: bool = True, init_scale: float = 1.0, seed: int = 0,
                  generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", *, input_shape: Sequence[int] | None = None,
-                 conv: Sequence[Sequence[int]] = (), dropout: Sequence[float] = ()) -> None:
+                 conv: Sequence[Sequence[int]] = (), dropout: Sequence[float] = (),
+                 unidirectional: bool = False) -> None:
         super().__init__()
         sizes = [int(n) for n in sizes]
         if loss not in LOSSES:
@@ -266,18 +287,23 @@ class LayeredNetwork(nn.Module):
             raise ValueError(f"dropout needs one probability in [0, 1) per state layer ({len(shapes)}), got {dropout}")
         self.dropout = dropout if any(dropout) else ()
         gen = generator if generator is not None else torch.Generator().manual_seed(seed)
-        params: list[nn.Parameter] = []
+        self.unidirectional = bool(unidirectional)
         self.groups: list[list[nn.Parameter]] = []
         for syn in self.synapses:
-            g = [nn.Parameter(t) for t in syn.init(gen, init_scale, dtype, device)]
-            self.groups.append(g)
-            params += g
+            self.groups.append([nn.Parameter(t) for t in syn.init(gen, init_scale, dtype, device)])
         self.readout: nn.Parameter | None = None
         if loss == "xent":
             ro = Dense(self.state_sizes[-1], sizes[-1], bias=False).init(gen, init_scale, dtype, device)[0]
             self.readout = nn.Parameter(ro)
+        if self.unidirectional:
+            # one group per synapse layer holds [w^f, b, w^b]: forward and backward weights share the
+            # learning rate, momentum and weight decay (App. F.1), which Kolen-Pollack needs
+            for k, syn in enumerate(self.synapses[1:], start=1):
+                wb = syn.init(gen, init_scale, dtype, device)[0]
+                self.groups[k].append(nn.Parameter(wb))
+        if self.readout is not None:
             self.groups.append([self.readout])
-            params.append(self.readout)
+        params = [q for g in self.groups for q in g]
         self.params = nn.ParameterList(params)
         self._plist = params  # plain list: ParameterList indexing is slow in the hot loop
         self._cached_split = self._split(params)
@@ -300,16 +326,41 @@ class LayeredNetwork(nn.Module):
         return list(self._plist)
 
     def _split(self, params: Sequence[torch.Tensor] | None):
-        """Per-synapse parameter lists and the read-out, from a flat list in :meth:`param_list` order."""
+        """``(per, readout, back)`` from a flat list in :meth:`param_list` order.
+
+        ``per[k]`` is ``[w_k, b_k]`` (or ``[w_k]``), ``back[k]`` the backward weight ``w_k^b`` of a
+        unidirectional network (``None`` for the first synapse and for bidirectional networks).
+        """
         if params is None:
             return self._cached_split
         p = list(params)
-        per, i = [], 0
-        for syn in self.synapses:
+        per, back, i = [], [], 0
+        for k, syn in enumerate(self.synapses):
             n = 2 if syn.bias else 1
             per.append(p[i:i + n])
             i += n
-        return per, (p[i] if self.readout is not None else None)
+            if self.unidirectional and k > 0:
+                back.append(p[i])
+                i += 1
+            else:
+                back.append(None)
+        return per, (p[i] if self.readout is not None else None), back
+
+    def alignment_angles(self) -> list[float]:
+        """Angle between forward and backward weights per synapse layer, in degrees (Eq. 44, App. G).
+
+        ``α = (180/π) acos(w^b • w^f / (‖w^b‖ ‖w^f‖))``, for synapses 2…N (the first has no ``w^b``).
+        """
+        if not self.unidirectional:
+            raise ValueError("alignment angles need a unidirectional network (unidirectional=True)")
+        per, _, back = self._split(None)
+        out = []
+        with torch.no_grad():
+            for k in range(1, len(self.synapses)):
+                wf, wb = per[k][0].double(), back[k].double()
+                cos = (wf * wb).sum() / (wf.norm() * wb.norm())
+                out.append(math.degrees(math.acos(max(-1.0, min(1.0, float(cos))))))
+        return out
 
     def zero_state(self, batch: int) -> State:
         """``s_0 = 0`` (Algorithm 1/2)."""
@@ -345,18 +396,20 @@ class LayeredNetwork(nn.Module):
     # ------------------------------------------------------------------ primitive and losses
     def input_drive(self, x: torch.Tensor, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """``𝓟(w_1 ⋆ x) + B_1`` or ``w_1 x + b_1``: computed once per batch, shared by every phase."""
-        per, _ = self._split(params)
+        per = self._split(params)[0]
         return self.synapses[0].drive(per[0], self.flatten_input(x))[0]
 
     def phi(self, x: torch.Tensor, state: State, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """The primitive Φ(x, s) per sample, shape ``(B,)`` (Eq. 21 / 27). Used as a test oracle."""
-        per, _ = self._split(params)
+        if self.unidirectional:
+            raise ValueError("a unidirectional network has no primitive Φ (its dynamics is a vector field, Eq. 32)")
+        per = self._split(params)[0]
         chain = [self.flatten_input(x), *state]
         return sum(syn.phi(per[i], chain[i], chain[i + 1]) for i, syn in enumerate(self.synapses))
 
     def logits(self, state: State, params: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """Network output: ``s^N`` (mse) or ``w_out 𝓕(s^N)`` (xent)."""
-        _, ro = self._split(params)
+        ro = self._split(params)[1]
         last = state[-1].reshape(state[-1].shape[0], -1)
         return last if ro is None else last @ ro.t()
 
@@ -380,7 +433,7 @@ class LayeredNetwork(nn.Module):
         [k=N] β ∂ℓ-constant) + o`` and ``neg_gamma_beta`` the per-sample ``−γβ`` column
         ``(B, 1)`` that multiplies the state-dependent part of the nudge (``None`` when β = 0).
         """
-        per, ro = self._split(params)
+        per, ro = self._split(params)[:2]
         g, o = self.act.gain, self.act.offset
         consts = []
         for k, syn in enumerate(self.synapses):
@@ -427,7 +480,7 @@ class LayeredNetwork(nn.Module):
         transposed products that unpool with them. With dropout ``masks`` (scaled, App. F.3) the
         step is ``s ← σ(m̃ ⊙ ∂(Φ − βℓ)/∂s̃)`` evaluated at ``s̃ = m̃ ⊙ s``: the gradient of ``Φ(m̃ ⊙ s)``.
         """
-        per, ro = split if split is not None else self._split(params)
+        per, ro, back = split if split is not None else self._split(params)
         if masks is not None:
             state = [s if m is None else s * m for s, m in zip(state, masks)]
         syns = self.synapses
@@ -437,10 +490,16 @@ class LayeredNetwork(nn.Module):
         aux: list = [None] * n
         for k in range(1, n):
             z[k], aux[k] = syns[k].forward(per[k], state[k - 1], consts[k], g)
+        fb_p = per
+        if self.unidirectional:
+            # Eq. 32: the feedback into s^k is w̃^b_{k+1} ⋆ 𝓟⁻¹(s^{k+1}) with the pooling indices of
+            # w^b_{k+1} ⋆ s^k (the derivative of s^{k+1} • 𝓟(w^b ⋆ s^k), Eq. 38)
+            fb_p = [None] + [[back[k]] for k in range(1, n)]
+            aux = [None] + [syns[k].indices(fb_p[k], state[k - 1]) for k in range(1, n)]
         # layer 1: its forward part is the constant drive; start a new tensor from it
-        z[0] = syns[1].add_transposed(per[1], aux[1], consts[0], state[1], g, False) if n > 1 else consts[0].clone()
+        z[0] = syns[1].add_transposed(fb_p[1], aux[1], consts[0], state[1], g, False) if n > 1 else consts[0].clone()
         for k in range(1, n - 1):
-            z[k] = syns[k + 1].add_transposed(per[k + 1], aux[k + 1], z[k], state[k + 1], g, inplace)
+            z[k] = syns[k + 1].add_transposed(fb_p[k + 1], aux[k + 1], z[k], state[k + 1], g, inplace)
         if neg_gamma_beta is not None:
             k = n - 1
             if ro is None:

@@ -80,7 +80,7 @@ def build_network(cfg: RunConfig, n_features: int, n_classes: int,
     return LayeredNetwork(layers, loss=cfg.model.loss, activation=cfg.model.activation, bias=cfg.model.bias,
                           init_scale=cfg.model.init_scale, seed=cfg.train.seed, dtype=_dtype(cfg.train.dtype),
                           device=device, input_shape=input_shape if conv else None, conv=conv,
-                          dropout=cfg.model.dropout)
+                          dropout=cfg.model.dropout, unidirectional=cfg.model.unidirectional)
 
 
 def make_optimizer(net: LayeredNetwork, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -250,7 +250,8 @@ class Trainer:
                     xb = normalize(xb, *self._stats)
             masks = net.sample_dropout_masks(xb.shape[0], drop_gen)
             if tc.algorithm == "ep":
-                res = ep_gradients(net, xb, yb, self.estimator, ec.T, ec.K, generator=sign_gen, masks=masks)
+                res = ep_gradients(net, xb, yb, self.estimator, ec.T, ec.K, generator=sign_gen, masks=masks,
+                                   rule=ec.rule)
                 grads, state = res.grads, net.masked(res.free.state, masks)
                 bad += (~res.free.converged(ec.convergence_tol)).sum()
                 with torch.no_grad():
@@ -283,7 +284,8 @@ class Trainer:
                 "train_nonconverged": int(bad) / n if tc.algorithm == "ep" else None,
                 "test_acc": test["acc"], "test_loss": test["loss"], "test_nonconverged": test["nonconverged"],
                 "train_time_s": train_time, "samples_per_s": n / train_time,
-                "eval_time_s": time.perf_counter() - t1}
+                "eval_time_s": time.perf_counter() - t1,
+                **({"angles": net.alignment_angles()} if net.unidirectional else {})}
 
     def fit(self, log=print) -> list[dict]:
         cfg = self.cfg
