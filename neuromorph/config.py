@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .activations import ACTIVATIONS
-from .estimators import ESTIMATORS, RULES
+from .estimators import ESTIMATORS, PRECISIONS, RULES
 from .network import LOSSES
 
 __all__ = ["ConfigError", "ModelConfig", "EPConfig", "TrainConfig", "DataConfig", "OutputConfig", "RunConfig",
@@ -154,8 +154,13 @@ class TrainConfig:
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
     progress: bool = True
+    precision: str = "highest"
+    """Arithmetic of the EP relaxations: ``"highest"`` (the network's dtype), ``"tf32"`` (CUDA TF32
+    matmuls/convolutions) or ``"bfloat16"`` (bfloat16 weight copies); the estimate's differences and
+    the weight updates stay in ``dtype`` either way."""
 
     def __post_init__(self):
+        _choice("train.precision", self.precision, PRECISIONS)
         _choice("train.algorithm", self.algorithm, ALGORITHMS)
         _choice("train.optimizer", self.optimizer, OPTIMIZERS)
         _choice("train.dtype", self.dtype, DTYPES)

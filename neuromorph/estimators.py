@@ -18,6 +18,7 @@ minimises with them.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ from .dynamics import RelaxResult, relax
 from .network import Dense, LayeredNetwork
 
 __all__ = ["Estimator", "OneSided", "RandomSign", "Symmetric", "Plan", "EPResult", "ep_gradients",
-           "combine_phi_grads", "vector_field_grads", "make_estimator", "ESTIMATORS", "RULES", "check_rule"]
+           "combine_phi_grads", "vector_field_grads", "make_estimator", "ESTIMATORS", "RULES", "check_rule", "PRECISIONS"]
 
 
 @dataclass(frozen=True)
@@ -201,7 +202,8 @@ class EPResult:
 def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimator: Estimator,
                  T: int, K: int, *, generator: torch.Generator | None = None,
                  free: RelaxResult | None = None, drive: torch.Tensor | None = None,
-                 record_nudged: bool = False, masks: list | None = None, rule: str = "ep") -> EPResult:
+                 record_nudged: bool = False, masks: list | None = None, rule: str = "ep",
+                 precision: str = "highest") -> EPResult:
     """One EP iteration: free phase (T steps from 0), nudged phases (K steps from ``s_*``), estimate.
 
     All nudged phases of the plan run together as one batch of ``J·B`` rows (``J = 2`` for the
@@ -209,14 +211,26 @@ def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimato
     With dropout ``masks`` (App. F.3) every phase and the update use the same per-example masks;
     ``∂Φ/∂θ`` is taken at the masked activities ``m̃ ⊙ s`` (the rule gains ``1/(1 − p)²``).
     ``rule``: ``"ep"`` (Eq. 24–29), or ``"vf"`` / ``"kp_vf"`` for a unidirectional network (Eq. 33–37).
+    ``precision`` of the relaxations (:data:`PRECISIONS`): ``"tf32"`` lets CUDA matmuls and
+    convolutions use TF32; ``"bfloat16"`` relaxes with bfloat16 copies of the weights, drive and
+    masks. Either way the steady states are brought back to the network's dtype before the
+    estimate, so its differences (``s^β − s^{−β}``, divided by 2β) and the update stay in fp32/fp64.
     """
     check_rule(net, rule)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown relaxation precision {precision!r}; allowed: {', '.join(PRECISIONS)}")
     batch = x.shape[0]
-    with torch.no_grad():
+    low = torch.bfloat16 if precision == "bfloat16" else None
+    params = None if low is None else [p.detach().to(low) for p in net.param_list()]
+    with torch.no_grad(), _tf32(precision == "tf32"):
         if drive is None:
             drive = net.input_drive(x)
+        if low is not None:
+            drive = drive.to(low)
+            masks = None if masks is None else [None if m is None else m.to(low) for m in masks]
         if free is None:
-            free = relax(net, drive, net.zero_state(batch), T, masks=masks)
+            free = relax(net, drive, [s.to(drive.dtype) for s in net.zero_state(batch)], T, masks=masks,
+                         params=params)
         plan = estimator.plan(generator)
         J = len(plan.betas)
         start = [s.repeat(J, *([1] * (s.dim() - 1))) for s in free.state]
@@ -225,10 +239,41 @@ def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimato
         driveJ = drive.repeat(J, *([1] * (drive.dim() - 1)))
         masksJ = None if masks is None else [None if m is None else m.repeat(J, *([1] * (m.dim() - 1)))
                                              for m in masks]
-        nudged = relax(net, driveJ, start, K, y=yJ, beta=beta_col, record=record_nudged, masks=masksJ)
+        nudged = relax(net, driveJ, start, K, y=yJ, beta=beta_col, record=record_nudged, masks=masksJ,
+                       params=params)
+        if low is not None:
+            free, nudged, masks, masksJ = _to_dtype(net.dtype, free, nudged, masks, masksJ)
         grads = estimate_from_states(net, x, y, net.masked(free.state, masks), net.masked(nudged.state, masksJ),
                                      plan, batch, rule)
     return EPResult(grads, free, nudged, plan)
+
+
+PRECISIONS = ("highest", "tf32", "bfloat16")
+
+
+@contextlib.contextmanager
+def _tf32(enable: bool):
+    """Allow TF32 in CUDA matmuls and cuDNN convolutions inside the block (no effect on CPU)."""
+    if not enable:
+        yield
+        return
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _to_dtype(dtype, free: RelaxResult, nudged: RelaxResult, masks, masksJ):
+    def res(r: RelaxResult) -> RelaxResult:
+        traj = None if r.trajectory is None else [[s.to(dtype) for s in st] for st in r.trajectory]
+        return RelaxResult([s.to(dtype) for s in r.state], None if r.residual is None else r.residual.to(dtype), traj)
+
+    def ms(m):
+        return None if m is None else [None if t is None else t.to(dtype) for t in m]
+
+    return res(free), res(nudged), ms(masks), ms(masksJ)
 
 
 def estimate_from_states(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, free_state, nudged_state,

@@ -449,7 +449,7 @@ class LayeredNetwork(nn.Module):
             return consts, None
         beta_col = beta if isinstance(beta, torch.Tensor) else torch.full(
             (drive.shape[0], 1), float(beta), dtype=drive.dtype, device=drive.device)
-        yo = self.one_hot(y) if y.dim() == 1 else y
+        yo = (self.one_hot(y) if y.dim() == 1 else y).to(drive.dtype)
         # β(y − s) = βy − βs for mse;  β w_outᵀ(y − ŷ) = β y w_out − β ŷ w_out for xent
         target = yo if ro is None else yo @ ro
         last = self.state_shapes[-1]

@@ -251,7 +251,7 @@ class Trainer:
             masks = net.sample_dropout_masks(xb.shape[0], drop_gen)
             if tc.algorithm == "ep":
                 res = ep_gradients(net, xb, yb, self.estimator, ec.T, ec.K, generator=sign_gen, masks=masks,
-                                   rule=ec.rule)
+                                   rule=ec.rule, precision=tc.precision)
                 grads, state = res.grads, net.masked(res.free.state, masks)
                 bad += (~res.free.converged(ec.convergence_tol)).sum()
                 with torch.no_grad():

@@ -45,10 +45,13 @@ def test_cosine_schedule_matches_torch_scheduler(after):
     assert learning_rate(7, 0.3, 0.0, 0) == 0.3
 
 
-@pytest.mark.parametrize("alg,loss", [("ep", "mse"), ("ep", "xent"), ("bptt", "xent")])
-def test_training_learns_digits(tmp_path, alg, loss):
+@pytest.mark.parametrize("alg,loss,extra", [
+    ("ep", "mse", ()), ("ep", "xent", ()), ("bptt", "xent", ()), ("ep", "xent", ("train.precision=bfloat16",)),
+    ("ep", "xent", ("model.unidirectional=true", "ep.rule=kp_vf", "train.weight_decay=1e-3")),
+])
+def test_training_learns_digits(tmp_path, alg, loss, extra):
     cfg = tiny_cfg(tmp_path, f"train.algorithm={alg}", f"model.loss={loss}", "data.n_train=0", "data.n_test=0",
-                   "train.epochs=4", "train.batch_size=32", "ep.beta=0.5", "train.lr=0.05")
+                   "train.epochs=4", "train.batch_size=32", "ep.beta=0.5", "train.lr=0.05", *extra)
     hist = Trainer(cfg).fit(log=None)
     assert hist[-1]["test_acc"] > 0.85, hist[-1]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -138,6 +141,8 @@ def test_layerwise_lr_count_checked(tmp_path):
     ("train.lr=-1", "train.lr"), ("model.loss=hinge", "model.loss"), ("train.epochs=1.5", "train.epochs"),
     ("ep.beta=0", "ep.beta"), ("train.nope=1", "nope"), ("ep.estimator=two_sided", "ep.estimator"),
     ("model.layers=[64]", "model.layers"), ("data.name=imagenet", "data.name"), ("train", "section.key=value"),
+    ("ep.rule=kp_vf", "model.unidirectional = true"), ("model.unidirectional=true", "ep.rule"),
+    ("ep.rule=kp", "ep.rule"), ("train.precision=fp16", "train.precision"),
 ])
 def test_bad_config_values(override, needle):
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
