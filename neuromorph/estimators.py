@@ -28,7 +28,8 @@ from .dynamics import RelaxResult, relax
 from .network import Dense, LayeredNetwork
 
 __all__ = ["Estimator", "OneSided", "RandomSign", "Symmetric", "Plan", "EPResult", "ep_gradients",
-           "combine_phi_grads", "vector_field_grads", "make_estimator", "ESTIMATORS", "RULES", "check_rule", "PRECISIONS"]
+           "combine_phi_grads", "vector_field_grads", "make_estimator", "ESTIMATORS", "RULES", "check_rule",
+           "PRECISIONS"]
 
 
 @dataclass(frozen=True)
