@@ -1,4 +1,4 @@
-"""The ``neuromorph`` command: ``train``, ``evaluate``, ``demo``, ``device``."""
+"""The ``neuromorph`` command: ``train``, ``evaluate``, ``demo``, ``ep-vs-bptt``, ``curves``, ``angles``, ``device``."""
 
 from __future__ import annotations
 
@@ -113,6 +113,31 @@ def _cmd_ep_vs_bptt(args) -> int:
     return 0
 
 
+def _cmd_curves(args) -> int:
+    from .plots import plot_curves
+
+    path, summary = plot_curves(args.runs, args.out, label_by=args.label_by, title=args.title)
+    print(f"{'label':<32}{'runs':>5}{'epochs':>7}{'test error (%)':>18}{'train error (%)':>17}")
+    for label, s in summary.items():
+        te, tr = s["test"], s["train"]
+        print(f"{label:<32}{te['n']:>5}{int(te['epochs'][-1]):>7}{te['mean'][-1]:>11.2f} ± {te['std'][-1]:<4.2f}"
+              f"{tr['mean'][-1]:>17.2f}")
+    print(f"(last common epoch; std over runs)  figure {path} and {path.with_suffix('.svg')}")
+    return 0
+
+
+def _cmd_angles(args) -> int:
+    from .plots import plot_angles
+
+    path, summary = plot_angles(args.runs, args.out, label_by=args.label_by, title=args.title)
+    for label, layers in summary.items():
+        last = ", ".join(f"{s['mean'][-1]:.1f}" for s in layers)
+        print(f"{label}: angles at epoch {int(layers[0]['epochs'][-1])} (synapse layers 2..{len(layers) + 1}): "
+              f"{last} degrees")
+    print(f"figure {path} and {path.with_suffix('.svg')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neuromorph", description="Equilibrium Propagation on simulated analog hardware.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -148,6 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", default="runs/ep_vs_bptt.png")
     c.set_defaults(func=_cmd_ep_vs_bptt)
+
+    for name, func, help_, default in (
+            ("curves", _cmd_curves, "learning curves of run directories, seeds averaged (Fig. 3/4)", "curves.png"),
+            ("angles", _cmd_angles, "forward/backward weight angle per layer of unidirectional runs (Fig. 6)",
+             "angles.png")):
+        a = sub.add_parser(name, help=help_)
+        a.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories (metrics.jsonl, config.toml)")
+        a.add_argument("--out", required=True, metavar="FIG.png",
+                       help=f"figure path, e.g. runs/{default} (an .svg is written beside it)")
+        a.add_argument("--label-by", choices=("name", "dir"), default="name",
+                       help="group runs by config name (seeds averaged, default) or show each directory")
+        a.add_argument("--title", default="")
+        a.set_defaults(func=func)
 
     from .devices.cli import add_parser as add_device_parser
 
