@@ -138,6 +138,20 @@ def _cmd_angles(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .hil import compare
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"hardware.device={_quote(args.device)}")
+    cfg = load_config(args.config, overrides)
+    out = args.out or f"runs/compare/{cfg.name}-{Path(cfg.hardware.device).stem}"
+    s = compare(cfg, out)
+    print(f"\ntable {out}/comparison.md, numbers {out}/comparison.json, curves {out}/learning_curves.png "
+          f"(gap {100 * s['gap']:+.2f} points)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neuromorph", description="Equilibrium Propagation on simulated analog hardware.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -186,6 +200,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="group runs by config name (seeds averaged, default) or show each directory")
         a.add_argument("--title", default="")
         a.set_defaults(func=func)
+
+    h = sub.add_parser("compare", help="train the ideal reference and the hardware model side by side")
+    h.add_argument("--config", required=True, help="TOML config; its [hardware] section sets the periphery, "
+                   "update and solver")
+    h.add_argument("--device", help="device card: preset name or .toml path (overrides hardware.device)")
+    h.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set hardware.adc_bits=8 --set hardware.adc_range=4")
+    h.add_argument("--out", help="output directory (default runs/compare/<name>-<device>)")
+    h.set_defaults(func=_cmd_compare)
 
     from .devices.cli import add_parser as add_device_parser
 

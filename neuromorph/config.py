@@ -22,7 +22,8 @@ from .activations import ACTIVATIONS
 from .estimators import ESTIMATORS, PRECISIONS, RULES
 from .network import LOSSES
 
-__all__ = ["ConfigError", "ModelConfig", "EPConfig", "TrainConfig", "DataConfig", "OutputConfig", "RunConfig",
+__all__ = ["ConfigError", "ModelConfig", "EPConfig", "TrainConfig", "DataConfig", "OutputConfig", "HardwareConfig",
+           "RunConfig",
            "load_config", "config_from_dict", "apply_overrides", "config_to_dict", "dump_toml"]
 
 
@@ -211,6 +212,81 @@ class OutputConfig:
     checkpoint: bool = True
 
 
+SOLVER_NAMES = ("euler", "heun", "rk4", "bosh3", "dopri5")
+UPDATE_NAMES = ("stochastic_rounding", "deterministic", "manhattan", "pulse_train")
+
+
+@dataclass(frozen=True)
+class HardwareConfig:
+    """The simulated hardware of ``neuromorph compare`` (:mod:`neuromorph.hardware`). Units in the names."""
+
+    device: str = "ideal"
+    """Device card: a preset name (``neuromorph device list``) or a path to a card TOML."""
+    g0_siemens: float = 0.0
+    """Weight scale g0 [S] of ``W = (G+ − G−)/g0`` (0: the card's range ``g_max − g_min``)."""
+    mapping: str = "min"
+    """Weights → conductance pairs: ``"min"`` (one device at g_min) or ``"symmetric"`` (around the midpoint)."""
+    policy: str = "bidirectional"
+    """Which device of a pair a pulse goes to: ``"bidirectional"`` or ``"unidirectional"`` (potentiation only)."""
+    tile_rows: int = 256
+    tile_cols: int = 256
+    capacitance_farad: float = 1e-12
+    """Node capacitance C [F]; ``τ = C/g0``."""
+    dac_bits: int = 0
+    """Input DAC resolution (0: ideal)."""
+    v_read_volt: float = 0.2
+    adc_bits: int = 0
+    """Per-tile output ADC resolution (0: ideal); needs ``adc_range``."""
+    adc_range: float = 0.0
+    """ADC full scale ± in weight units (0: no clipping)."""
+    read_noise: bool = True
+    """Use the card's read noise (and drift at ``read_time_s``) in every read."""
+    r_row_ohm: float = 0.0
+    r_col_ohm: float = 0.0
+    """Line resistance per segment [Ω] (IR drop solved by nodal analysis; 0: none)."""
+    read_time_s: float = 0.0
+    """Device age [s] at which reads see drift (0: no drift)."""
+    activity_bits: int = 0
+    """ADC resolution of the neuron activities read for the local update (0: exact)."""
+    update: str = "stochastic_rounding"
+    """Update requests → pulses: ``stochastic_rounding``, ``deterministic``, ``manhattan`` or ``pulse_train``."""
+    manhattan_threshold: float = 0.0
+    """Manhattan updates: fire one pulse where ``|ΔW|`` exceeds this (weight units)."""
+    refresh_threshold: float = 0.0
+    """Refresh a pair when a device is within this fraction of its range from a bound (0: never)."""
+    solver: str = "euler"
+    """Settling: ``euler`` / ``heun`` / ``rk4`` (fixed step), ``bosh3`` / ``dopri5`` (adaptive)."""
+    dt_tau: float = 1.0
+    """Step (fixed) or largest step (adaptive) in units of τ; Euler with 1.0 is the discrete iteration."""
+    rtol: float = 1e-4
+    atol: float = 1e-6
+    settle_tol: float = 0.0
+    """Stop a phase when every sample's ``max|z − u|`` is below this (0: run the full ``ep.T``/``ep.K`` · τ)."""
+    seed: int = 0
+    """Device sampling, read noise and stochastic programming."""
+
+    def __post_init__(self):
+        _choice("hardware.mapping", self.mapping, ("min", "symmetric"))
+        _choice("hardware.policy", self.policy, ("bidirectional", "unidirectional"))
+        _choice("hardware.update", self.update, UPDATE_NAMES)
+        _choice("hardware.solver", self.solver, SOLVER_NAMES)
+        for name in ("tile_rows", "tile_cols"):
+            _check(f"hardware.{name}", getattr(self, name) >= 1, getattr(self, name), "an integer >= 1")
+        for name in ("dac_bits", "adc_bits", "activity_bits"):
+            v = getattr(self, name)
+            _check(f"hardware.{name}", v == 0 or 2 <= v <= 32, v, "0 (ideal) or 2..32 bits")
+        for name in ("g0_siemens", "adc_range", "r_row_ohm", "r_col_ohm", "read_time_s", "manhattan_threshold",
+                     "refresh_threshold", "settle_tol"):
+            v = getattr(self, name)
+            _check(f"hardware.{name}", math.isfinite(v) and v >= 0, v, "a finite number >= 0")
+        for name in ("capacitance_farad", "v_read_volt", "dt_tau", "rtol", "atol"):
+            v = getattr(self, name)
+            _check(f"hardware.{name}", math.isfinite(v) and v > 0, v, "a finite number > 0")
+        _check("hardware.adc_range", not (self.adc_bits and not self.adc_range), self.adc_range,
+               "> 0 when hardware.adc_bits is set (the ADC full scale, weight units)")
+        _check("hardware.refresh_threshold", self.refresh_threshold < 0.5, self.refresh_threshold, "in [0, 0.5)")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
@@ -219,6 +295,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
     def __post_init__(self):
         if self.model.unidirectional and self.ep.rule == "ep" and self.train.algorithm == "ep":

@@ -223,6 +223,17 @@ class Trainer:
     def _generator(self, epoch: int, stream: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.cfg.train.seed * 1_000_003 + epoch) * 4 + stream)
 
+    def prepare_batch(self, xb: torch.Tensor, aug_gen: torch.Generator) -> torch.Tensor:
+        """Augment (random crop and flip, App. F.1) and normalise a training batch, on tensors."""
+        dc = self.cfg.data
+        if dc.augment or self._stats is not None:
+            xb = xb.view(-1, *self.dataset.input_shape)
+            if dc.augment:
+                xb = random_crop_flip(xb, pad=dc.crop_padding, generator=aug_gen)
+            if self._stats is not None:
+                xb = normalize(xb, *self._stats)
+        return xb
+
     def train_epoch(self, epoch: int) -> dict:
         cfg, net, opt = self.cfg, self.net, self.optimizer
         tc, ec = cfg.train, cfg.ep
@@ -230,7 +241,6 @@ class Trainer:
             g["lr"] = learning_rate(epoch, g["lr0"], tc.lr_final, tc.decay_epochs, tc.after_decay)
         order_gen, sign_gen, aug_gen = self._generator(epoch, 0), self._generator(epoch, 1), self._generator(epoch, 2)
         drop_gen = self._generator(epoch, 3)
-        dc, shape = cfg.data, self.dataset.input_shape
         params = net.param_list()
         n = self.x_train.shape[0]
         n_batches = math.ceil(n / tc.batch_size)
@@ -242,12 +252,7 @@ class Trainer:
         t0 = time.perf_counter()
         for i, (xb, yb) in enumerate(iterate_batches(self.x_train, self.y_train, tc.batch_size, shuffle=True,
                                                      generator=order_gen)):
-            if dc.augment or self._stats is not None:
-                xb = xb.view(-1, *shape)
-                if dc.augment:
-                    xb = random_crop_flip(xb, pad=dc.crop_padding, generator=aug_gen)
-                if self._stats is not None:
-                    xb = normalize(xb, *self._stats)
+            xb = self.prepare_batch(xb, aug_gen)
             masks = net.sample_dropout_masks(xb.shape[0], drop_gen)
             if tc.algorithm == "ep":
                 res = ep_gradients(net, xb, yb, self.estimator, ec.T, ec.K, generator=sign_gen, masks=masks,

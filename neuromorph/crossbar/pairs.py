@@ -419,6 +419,14 @@ class DifferentialArray:
         all pulses of a device have one sign; across the samples of a batch they are grouped by sign). Returns the
         realised ``ΔW``."""
         n_up, n_down = self.pulse_train_counts(x, d, lr, params=params, generator=generator)
+        return self.fire_coincidences(n_up, n_down)
+
+    def fire_coincidences(self, n_up: torch.Tensor, n_down: torch.Tensor) -> torch.Tensor:
+        """Fire coincidence counts ``(n_up, n_down)`` (>= 0, from :meth:`pulse_train_counts`) as
+        :meth:`program_outer` does; returns the realised ``ΔW``. Lets two arrays receive the same trains."""
+        if n_up.shape != self.shape or n_down.shape != self.shape:
+            raise ValueError(f"coincidence counts have shapes {tuple(n_up.shape)}, {tuple(n_down.shape)}; the array "
+                             f"has shape {tuple(self.shape)}")
         self._n["updates"] += 1
         dw = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
         mixed = bool(((n_up > 0) & (n_down > 0)).any())

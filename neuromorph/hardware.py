@@ -1,0 +1,370 @@
+r"""The simulated-hardware substrate: EP phases as circuit settling on crossbars, updates as programming pulses.
+
+The same network (:class:`~neuromorph.network.LayeredNetwork`), estimators and training order as the ideal
+reference, on another substrate (ARCHITECTURE.md §1):
+
+* **weights** live on :class:`~neuromorph.crossbar.CrossbarLayer` arrays of differential pairs
+  ``W = (G+ − G−)/g0``. Synapse ``k`` is one array of ``n_k x (n_{k−1} + 1)`` pairs: the extra input line is
+  driven at the constant input 1 and holds the bias (the usual bias column). A unidirectional network has a
+  second array per synapse for ``w_k^b`` (no bias line); the softmax read-out ``w_out`` is an array too.
+* **settling**: neuron ``i`` of layer ``k`` is an integrating node ``C du/dt = −g0·u + I`` with output stage
+  ``s = σ(u)`` (:mod:`neuromorph.circuit`). In weight units the node target is, per layer,
+
+      z_k(s) = γ·( W_k [s_{k−1}; 1] + W_{k+1}ᵀ s_{k+1} − β ∂ℓ/∂s_k ) + o,       τ du_k/dt = z_k(σ̃(u)) − u_k
+
+  where every product is a crossbar read (forward: rows driven, transpose: columns driven) through the
+  periphery (DAC, per-tile ADC, read noise per read, IR drop, stuck devices, drift at ``read_time``), and the
+  nudging current ``−β ∂ℓ/∂s`` (squared error: ``β(y − s_N)``; softmax read-out: ``β w_outᵀ(y − ŷ)`` with
+  ``ŷ = softmax(w_out s_N)`` read from the read-out array) is injected at the last layer. Explicit Euler with
+  ``dt = τ`` is the discrete iteration of the reference (the identity is a test).
+* **update**: from the steady states, read by an activity ADC (``activity_bits``), each layer computes its
+  local rule (Eq. 24–29, or VF/KP-VF Eq. 33–37) as pre/post products, and the device layer turns the request
+  into pulses (stochastic rounding, deterministic, Manhattan sign pulses, or aihwkit-style stochastic pulse
+  trains of the outer products). KP-VF sends the *same* pulses (same random bits) and the same leakage
+  ``−ηλW`` to the forward and backward arrays (Eq. 36).
+
+Only fully connected synapses are mapped onto arrays (a convolution would need its im2col mapping); dropout
+is not simulated on hardware. Both raise a clear error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .circuit import RK4, Bosh3, Dopri5, Euler, FixedTime, Heun, NodeField, SettleResult, SteadyState, settle
+from .crossbar import CrossbarLayer, Periphery
+from .crossbar.periphery import quantise
+from .devices import DeviceCard, load_card
+from .estimators import Plan, check_rule
+from .network import Dense, LayeredNetwork
+
+__all__ = ["HardwareNetwork", "PhaseResult", "SOLVERS", "UPDATE_MODES", "make_solver"]
+
+SOLVERS = ("euler", "heun", "rk4", "bosh3", "dopri5")
+UPDATE_MODES = ("stochastic_rounding", "deterministic", "manhattan", "pulse_train")
+
+State = list[torch.Tensor]
+
+
+def make_solver(name: str, dt: float, tau: float, rtol: float = 1e-4, atol: float = 1e-6):
+    """A solver of :mod:`neuromorph.circuit` from its name; ``dt`` in units of τ (fixed steps; the adaptive
+    methods start there and never step beyond it)."""
+    if name not in SOLVERS:
+        raise ValueError(f"unknown solver {name!r}; allowed: {', '.join(SOLVERS)}")
+    if name in ("euler", "heun", "rk4"):
+        return {"euler": Euler, "heun": Heun, "rk4": RK4}[name](dt * tau)
+    return {"bosh3": Bosh3, "dopri5": Dopri5}[name](rtol=rtol, atol=atol, dt0=dt * tau, dt_max=dt * tau)
+
+
+@dataclass
+class PhaseResult:
+    """A settled phase: activities ``state``, node values ``u`` and the solver's report."""
+
+    state: State
+    u: State
+    settle: SettleResult
+
+
+class HardwareNetwork:
+    """A :class:`LayeredNetwork` mapped onto crossbar arrays of one device card.
+
+    Args:
+        net: the network whose architecture and current weights are mapped (its parameters are kept as a
+            *shadow* copy of the programmed weights, refreshed after every update: :meth:`sync_shadow`).
+        card: a :class:`DeviceCard` or a preset name / card path.
+        periphery: DAC/ADC/IR drop/read noise of every array (:class:`Periphery`).
+        tile_size: ``(rows, cols)`` of one tile; larger matrices are split across tiles.
+        g0: weight scale [S] (default: the card's range ``g_max − g_min``).
+        mapping, policy: see :class:`~neuromorph.crossbar.pairs.DifferentialArray`.
+        capacitance: node capacitance C [F]; ``τ = C/g0`` [s].
+        activity_bits: resolution of the ADC that reads the neuron activities (range ``[0, 1]`` for the
+            clamping output stages, ``[−1, 1]`` for tanh) for the local update; 0: exact.
+        read_time: device age [s] at which reads see drift (``None``: no drift).
+        generator: seeded generator (device sampling, read noise, stochastic programming).
+    """
+
+    def __init__(self, net: LayeredNetwork, card: DeviceCard | str, periphery: Periphery | None = None, *,
+                 tile_size: Sequence[int] = (256, 256), g0: float | None = None, mapping: str = "min",
+                 policy: str = "bidirectional", capacitance: float = 1e-12, activity_bits: int = 0,
+                 read_time: float | None = None, generator: torch.Generator | None = None) -> None:
+        if not all(isinstance(s, Dense) for s in net.synapses):
+            raise ValueError("the hardware substrate maps fully connected synapses onto crossbars; this network has "
+                             "convolutional layers (map them with an im2col layout first, or use the ideal substrate)")
+        if net.dropout:
+            raise ValueError(f"dropout {list(net.dropout)} is not simulated on the hardware substrate; set "
+                             "model.dropout = []")
+        if isinstance(activity_bits, bool) or not isinstance(activity_bits, int) or activity_bits < 0:
+            raise ValueError(f"activity_bits = {activity_bits!r}: an integer >= 0 is required (0: exact)")
+        if not (isinstance(capacitance, (int, float)) and math.isfinite(capacitance) and capacitance > 0):
+            raise ValueError(f"capacitance = {capacitance!r} F: a finite capacitance > 0 F is required")
+        self.net = net
+        self.card = load_card(card) if not isinstance(card, DeviceCard) else card
+        self.periphery = periphery if periphery is not None else Periphery()
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.activity_bits = activity_bits
+        self.read_time = read_time
+        kw = dict(tile_size=tile_size, generator=self.generator, device=net.device, dtype=net.dtype, g0=g0,
+                  mapping=mapping, policy=policy)
+        per, ro, back = net._split(None)
+        self.forward_arrays: list[CrossbarLayer] = []
+        self.backward_arrays: list[CrossbarLayer | None] = []
+        self.representable: dict[str, float] = {}
+        for k, syn in enumerate(net.synapses):
+            w = self._augment(per[k], syn)
+            arr = CrossbarLayer(syn.n_post, w.shape[1], self.card, self.periphery, **kw)
+            self.representable[f"w{k + 1}"] = arr.set_weights(w, count=False)
+            self.forward_arrays.append(arr)
+            if back[k] is not None:
+                b = CrossbarLayer(syn.n_post, syn.n_pre, self.card, self.periphery, **kw)
+                self.representable[f"w{k + 1}_back"] = b.set_weights(back[k].detach(), count=False)
+                self.backward_arrays.append(b)
+            else:
+                self.backward_arrays.append(None)
+        self.readout_array: CrossbarLayer | None = None
+        if ro is not None:
+            self.readout_array = CrossbarLayer(ro.shape[0], ro.shape[1], self.card, self.periphery, **kw)
+            self.representable["w_out"] = self.readout_array.set_weights(ro.detach(), count=False)
+        self.g0 = self.forward_arrays[0].g0
+        self.tau = float(capacitance) / self.g0
+        self.sync_shadow()
+
+    # ------------------------------------------------------------------ weights
+    @staticmethod
+    def _augment(p: Sequence[torch.Tensor], syn: Dense) -> torch.Tensor:
+        w = p[0].detach()
+        return torch.cat([w, p[1].detach().unsqueeze(1)], 1) if syn.bias else w
+
+    def arrays(self) -> dict[str, CrossbarLayer]:
+        """Every array by name (``w1``, ``w2``, ``w2_back``, …, ``w_out``)."""
+        out = {}
+        for k, (f, b) in enumerate(zip(self.forward_arrays, self.backward_arrays)):
+            out[f"w{k + 1}"] = f
+            if b is not None:
+                out[f"w{k + 1}_back"] = b
+        if self.readout_array is not None:
+            out["w_out"] = self.readout_array
+        return out
+
+    @torch.no_grad()
+    def sync_shadow(self) -> None:
+        """Copy the programmed weights ``(G+ − G−)/g0`` (no read noise) into the shadow network's parameters."""
+        per, ro, back = self.net._split(None)
+        for k, syn in enumerate(self.net.synapses):
+            w = self.forward_arrays[k].weights()
+            if syn.bias:
+                per[k][0].copy_(w[:, :-1])
+                per[k][1].copy_(w[:, -1])
+            else:
+                per[k][0].copy_(w)
+            if back[k] is not None:
+                back[k].copy_(self.backward_arrays[k].weights())
+        if ro is not None:
+            ro.copy_(self.readout_array.weights())
+
+    # ------------------------------------------------------------------ settling
+    def _ones(self, s: torch.Tensor) -> torch.Tensor:
+        return torch.ones(s.shape[0], 1, dtype=s.dtype, device=s.device)
+
+    def _fwd(self, k: int, pre: torch.Tensor) -> torch.Tensor:
+        pre = pre.reshape(pre.shape[0], -1)
+        if self.net.synapses[k].bias:
+            pre = torch.cat([pre, self._ones(pre)], 1)
+        return self.forward_arrays[k].forward(pre, t=self.read_time)
+
+    def _fb(self, k: int, post: torch.Tensor) -> torch.Tensor:
+        """Current fed back into layer ``k − 1`` by synapse ``k`` (transpose read; bias line dropped)."""
+        arr = self.backward_arrays[k] if self.backward_arrays[k] is not None else self.forward_arrays[k]
+        out = arr.transpose(post, t=self.read_time)
+        return out[:, : self.net.synapses[k].n_pre]
+
+    def logits(self, state: State) -> torch.Tensor:
+        """Output: ``s_N`` (squared error) or the read-out array's forward read ``w_out s_N`` (ADC)."""
+        last = state[-1].reshape(state[-1].shape[0], -1)
+        return last if self.readout_array is None else self.readout_array.forward(last, t=self.read_time)
+
+    def field(self, x: torch.Tensor, y: torch.Tensor | None = None, beta: float | torch.Tensor = 0.0) -> NodeField:
+        """The node equation of one phase: every evaluation reads every array once forward and once transposed."""
+        net = self.net
+        x = net.flatten_input(x).reshape(x.shape[0], -1)
+        g, o = net.act.gain, net.act.offset
+        nudged = not (isinstance(beta, (int, float)) and beta == 0)
+        if nudged:
+            if y is None:
+                raise ValueError("a nudged phase (beta != 0) needs targets y")
+            yo = (net.one_hot(y) if y.dim() == 1 else y).to(x.dtype)
+            beta_col = beta if isinstance(beta, torch.Tensor) else torch.full((x.shape[0], 1), float(beta),
+                                                                              dtype=x.dtype, device=x.device)
+        n = len(net.synapses)
+
+        def target(s: State) -> list[torch.Tensor]:
+            chain = [x, *s]
+            a = [self._fwd(k, chain[k]) for k in range(n)]
+            for k in range(1, n):
+                a[k - 1] = a[k - 1] + self._fb(k, s[k])
+            if nudged:
+                if self.readout_array is None:
+                    a[-1] = a[-1] + beta_col * (yo - s[-1])
+                else:
+                    y_hat = torch.softmax(self.logits(s), -1)
+                    a[-1] = a[-1] + self.readout_array.transpose(beta_col * (yo - y_hat), t=self.read_time)
+            return [(ak * g + o).view(-1, *shape) for ak, shape in zip(a, net.state_shapes)]
+
+        return NodeField(target, net.act.unit_fn, self.tau)
+
+    @torch.no_grad()
+    def settle_phase(self, x: torch.Tensor, u0: State | None, steps: int, *, y=None, beta=0.0, solver=None,
+                     tol: float | None = None) -> PhaseResult:
+        """Settle one phase for ``steps·τ`` seconds at most (from ``u0``; ``None``: the zero state).
+
+        ``solver`` defaults to explicit Euler with ``dt = τ``; ``tol`` (weight units, on ``max|z − u|``) stops
+        early at a steady state, otherwise the phase runs exactly ``steps·τ`` (the reference's T or K steps).
+        """
+        f = self.field(x, y, beta)
+        if u0 is None:
+            u0 = self.net.zero_state(x.shape[0])
+        solver = solver if solver is not None else Euler(self.tau)
+        stop = FixedTime(steps * self.tau) if tol is None else SteadyState(tol, steps * self.tau)
+        res = settle(f, u0, solver=solver, stop=stop)
+        return PhaseResult(res.s, res.u, res)
+
+    # ------------------------------------------------------------------ the local update
+    def read_activities(self, state: State) -> State:
+        """The activities as the update circuit sees them: through the activity ADC."""
+        if not self.activity_bits:
+            return state
+        lo = -1.0 if self.net.act.unit == "tanh" else 0.0
+        return [quantise(s, self.activity_bits, 1.0, signed=lo < 0) for s in state]
+
+    def outer_products(self, x: torch.Tensor, y: torch.Tensor, free: State, nudged: State, plan: Plan,
+                       rule: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The local rule of every array as rows of pre/post activities: ``∇̂ = Σ_r post_r pre_rᵀ / B``.
+
+        Computed from the ADC-read steady states (:meth:`read_activities`), as an array computes it: for
+        synapse ``k`` the rows are the phases' ``(pre, c_j·post)`` pairs (Eq. 24–29; the bias line's pre is
+        the constant 1); VF (Eq. 34) pairs the nudged posts with the free pres for ``w^f`` and the free posts
+        with the nudged pres for ``w^b``; KP-VF (Eq. 37, dense) gives both arrays the EP rows. The read-out
+        (Eq. 28/29) pairs the nudged ``s_N`` with ``−r_j (ŷ_j − y)``, ``ŷ`` from the read-out array's logits.
+        Returns ``{array name: (pre rows, post rows)}``.
+        """
+        check_rule(self.net, rule)
+        batch = x.shape[0]
+        free, nudged = self.read_activities(free), self.read_activities(nudged)
+        dt = free[0].dtype
+        J = len(plan.betas)
+        coefs = torch.tensor(plan.coefs, dtype=dt, device=x.device).repeat_interleave(batch).unsqueeze(1)
+        states = nudged
+        if plan.coef_free != 0.0:
+            states = [torch.cat([f, s]) for f, s in zip(free, nudged)]
+            coefs = torch.cat([torch.full((batch, 1), plan.coef_free, dtype=dt, device=x.device), coefs])
+        M = states[0].shape[0] // batch
+        xf = self.net.flatten_input(x).reshape(batch, -1)
+        rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for k, syn in enumerate(self.net.synapses):
+            pre = xf.repeat(M, 1) if k == 0 else states[k - 1].reshape(M * batch, -1)
+            post = states[k].reshape(M * batch, -1)
+            if rule == "vf" and k > 0:
+                pre_f = free[k - 1].reshape(batch, -1).repeat(M, 1)
+                rows[f"w{k + 1}"] = (self._with_one(pre_f, syn), coefs * post)
+                rows[f"w{k + 1}_back"] = (coefs * pre, free[k].reshape(batch, -1).repeat(M, 1))
+                continue
+            rows[f"w{k + 1}"] = (self._with_one(pre, syn), coefs * post)
+            if self.backward_arrays[k] is not None:
+                rows[f"w{k + 1}_back"] = (pre, coefs * post)
+        if self.readout_array is not None:
+            last = nudged[-1].reshape(J * batch, -1)
+            err = torch.softmax(self.logits(nudged), -1) - self.net.one_hot(y).repeat(J, 1).to(dt)
+            r = torch.tensor(plan.readout, dtype=dt, device=x.device).repeat_interleave(batch).unsqueeze(1)
+            rows["w_out"] = (last, -r * err)
+        return rows
+
+    def _with_one(self, pre: torch.Tensor, syn: Dense) -> torch.Tensor:
+        return torch.cat([pre, self._ones(pre)], 1) if syn.bias else pre
+
+    def lr_of(self, lrs: Sequence[float]) -> dict[str, float]:
+        """Learning rate per array: one per synapse layer (shared by ``w^f`` and ``w^b``), then the read-out."""
+        n_groups = len(self.net.groups)
+        lrs = list(lrs) * n_groups if len(lrs) == 1 else list(lrs)
+        if len(lrs) != n_groups:
+            raise ValueError(f"{len(lrs)} learning rates for {n_groups} layers of weights (one, or one per layer)")
+        out = {}
+        for k in range(len(self.net.synapses)):
+            out[f"w{k + 1}"] = out[f"w{k + 1}_back"] = lrs[k]
+        out["w_out"] = lrs[-1]
+        return out
+
+    def shared_arrays(self, rule: str) -> set[str]:
+        """Backward arrays that receive their forward array's pulses (KP-VF, Eq. 36: one shared update)."""
+        return {f"w{k + 1}_back" for k, b in enumerate(self.backward_arrays) if b is not None} if rule == "kp_vf" \
+            else set()
+
+    @torch.no_grad()
+    def apply_update(self, rows: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int, lrs: Sequence[float], *,
+                     mode: str = "stochastic_rounding", leakage: float = 0.0, threshold: float = 0.0,
+                     refresh_threshold: float = 0.0, shared: set[str] = frozenset()) -> dict[str, float]:
+        """Program ``ΔW = lr (Σ_r post_r pre_rᵀ / B − λ W)`` into every array; returns the realised ``‖ΔW‖``.
+
+        ``mode`` (:data:`UPDATE_MODES`): ``"stochastic_rounding"`` / ``"deterministic"`` / ``"manhattan"`` turn
+        the request into pulse counts per device (:meth:`CrossbarLayer.program`); ``"pulse_train"`` fires
+        aihwkit-style stochastic pulse trains of the rows themselves (coincidences of the pre and post trains,
+        all devices in parallel). A backward array named in ``shared`` (KP-VF, :meth:`shared_arrays`) receives
+        exactly the pulses of its forward array (bias line excluded): the same counts or the same trains. The
+        leakage ``λ`` (Eq. 36: equal rate, each array its own weights) is requested separately from the
+        programmed weights, by stochastic rounding. ``refresh_threshold`` > 0 refreshes saturated pairs.
+        """
+        if mode not in UPDATE_MODES:
+            raise ValueError(f"unknown update mode {mode!r}; allowed: {', '.join(UPDATE_MODES)}")
+        lr_of = self.lr_of(lrs)
+        arrays = self.arrays()
+        if set(rows) != set(arrays):
+            raise ValueError(f"update rows for {sorted(rows)} but the arrays are {sorted(arrays)}")
+        counts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        realised = {}
+        for name, arr in arrays.items():
+            pre, post = rows[name]
+            lr = lr_of[name]
+            da = arr.array
+            before = arr.weights()
+            if name in shared:
+                up, down = counts[name.removesuffix("_back")]
+                n_in = da.shape[1]
+                up, down = up[:, :n_in], down[:, :n_in]
+            elif mode == "pulse_train":
+                up, down = da.pulse_train_counts(pre, post, lr / batch)
+            else:
+                n = da.pulse_counts(post.t() @ pre * (lr / batch), mode=mode, threshold=threshold)
+                up, down = n.clamp(min=0), (-n).clamp(min=0)
+            counts[name] = (up, down)
+            da.fire_coincidences(up, down)
+            if leakage:
+                da.program(-lr * leakage * before)
+            if refresh_threshold > 0:
+                arr.refresh(refresh_threshold)
+            realised[name] = float((arr.weights() - before).norm())
+        self.sync_shadow()
+        return realised
+
+    # ------------------------------------------------------------------ statistics
+    def stats(self) -> dict:
+        """Totals over every array: pulses, refreshes, reads, energy [J]; ``saturated_fraction``: devices within
+        half a nominal step of ``g_max`` (they cannot be potentiated further), ``at_g_min_fraction`` the same at
+        ``g_min`` (the rest state of the idle device of a pair with the "min" mapping)."""
+        tot = {"pulses": 0, "pulses_program": 0, "pulses_refresh": 0, "refreshes": 0, "reads": 0, "energy_J": 0.0}
+        n_dev, n_top, n_bottom = 0, 0, 0
+        for arr in self.arrays().values():
+            s = arr.stats()
+            for key in tot:
+                tot[key] += s[key]
+            half = 0.5 * arr.array.dg
+            for dev in (arr.array.pos, arr.array.neg):
+                g = dev.g
+                n_top += int((g >= dev.g_max - half).sum())
+                n_bottom += int((g <= dev.g_min + half).sum())
+                n_dev += g.numel()
+        tot["saturated_fraction"] = n_top / max(n_dev, 1)
+        tot["at_g_min_fraction"] = n_bottom / max(n_dev, 1)
+        tot["devices"] = n_dev
+        return tot

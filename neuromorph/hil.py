@@ -1,0 +1,239 @@
+"""Hardware-in-the-loop training and its comparison with the ideal reference (``neuromorph compare``).
+
+:class:`HardwareTrainer` trains the :class:`~neuromorph.hardware.HardwareNetwork` of a config on exactly what the
+ideal :class:`~neuromorph.train.Trainer` of the same config sees: the same initial weights (the reference's
+initialisation, mapped onto conductances; the representable fraction is reported), the same data order,
+augmentation and random signs (the same per-epoch generator streams), the same learning-rate schedule. Its
+phases settle as circuits on the arrays and its updates are programming pulses; it is evaluated on the hardware,
+with its noise. What the hardware does not have: momentum (a crossbar holds no velocity; a config with
+``train.momentum > 0`` gives the reference momentum and the hardware none: :func:`compare` says so) and dropout.
+
+Per epoch it records, besides accuracies and losses: pulses, refreshes, reads and energy spent in the epoch,
+the fraction of saturated devices, mean settling time (in τ) and solver steps per phase, and the fraction of
+samples whose free phase did not settle.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .config import RunConfig, dump_toml
+from .crossbar import Periphery
+from .data import Dataset, iterate_batches
+from .estimators import _rows, make_estimator
+from .hardware import HardwareNetwork, make_solver
+from .train import METRICS, Trainer, learning_rate
+
+__all__ = ["HardwareTrainer", "periphery_from_config", "compare"]
+
+
+def periphery_from_config(cfg: RunConfig) -> Periphery:
+    h = cfg.hardware
+    return Periphery(dac_bits=h.dac_bits or None, v_read=h.v_read_volt, adc_bits=h.adc_bits or None,
+                     adc_range=h.adc_range or None, adc_unit="w", r_row=h.r_row_ohm, r_col=h.r_col_ohm,
+                     read_noise=h.read_noise)
+
+
+@dataclass
+class HardwareTrainer:
+    """Train ``cfg`` on the simulated hardware of ``cfg.hardware``; ``fit()`` returns the history."""
+
+    cfg: RunConfig
+    dataset: Dataset | None = None
+    out: Path | None = None
+
+    def __post_init__(self):
+        cfg = self.cfg
+        if cfg.train.algorithm != "ep":
+            raise ValueError(f"train.algorithm = {cfg.train.algorithm!r}: the hardware trains with EP (local "
+                             "updates); BPTT has no hardware counterpart here")
+        # the reference's own set-up: data, normalisation, initial weights, generator streams
+        self.ref = Trainer(replace(cfg, output=replace(cfg.output, checkpoint=False)), dataset=self.dataset)
+        self.dataset = self.ref.dataset
+        h = cfg.hardware
+        gen = torch.Generator().manual_seed(h.seed)
+        self.hw = HardwareNetwork(self.ref.net, h.device, periphery_from_config(cfg),
+                                  tile_size=(h.tile_rows, h.tile_cols), g0=h.g0_siemens or None, mapping=h.mapping,
+                                  policy=h.policy, capacitance=h.capacitance_farad, activity_bits=h.activity_bits,
+                                  read_time=h.read_time_s or None, generator=gen)
+        self.net = self.hw.net
+        self.solver = make_solver(h.solver, h.dt_tau, self.hw.tau, h.rtol, h.atol)
+        self.estimator = make_estimator(cfg.ep.estimator, cfg.ep.beta)
+        self.out = Path(self.out or cfg.output.dir)
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ phases
+    def _free(self, x: torch.Tensor):
+        h, ec = self.cfg.hardware, self.cfg.ep
+        return self.hw.settle_phase(x, None, ec.T, solver=self.solver, tol=h.settle_tol or None)
+
+    def _converged(self, res) -> torch.Tensor:
+        """Per sample: settled (steady-state stop) or, for fixed-length phases, residual below the tolerance."""
+        if self.cfg.hardware.settle_tol:
+            return res.settle.converged
+        return res.settle.residual <= self.cfg.ep.convergence_tol
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        """Accuracy, loss and non-converged fraction of the free phase settled on the hardware (with its noise)."""
+        correct, loss, bad = 0, 0.0, 0
+        for xb, yb in iterate_batches(x, y, self.cfg.train.eval_batch_size, shuffle=False):
+            res = self._free(xb)
+            logits = self.hw.logits(res.state)
+            correct += int((logits.argmax(-1) == yb).sum())
+            loss += float(self._loss(logits, res.state, yb).sum())
+            bad += int((~self._converged(res)).sum())
+        n = x.shape[0]
+        return {"acc": correct / n, "loss": loss / n, "nonconverged": bad / n}
+
+    def _loss(self, logits, state, y):
+        yo = self.net.one_hot(y)
+        if self.net.readout is None:
+            return 0.5 * ((state[-1].reshape(len(y), -1) - yo) ** 2).sum(-1)
+        return -(yo * torch.log_softmax(logits, -1)).sum(-1)
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, ref, hw = self.cfg, self.ref, self.hw
+        tc, ec, h = cfg.train, cfg.ep, cfg.hardware
+        lrs = [learning_rate(epoch, lr, tc.lr_final, tc.decay_epochs, tc.after_decay)
+               for lr in (tc.lr * len(self.net.groups) if len(tc.lr) == 1 else tc.lr)]
+        order_gen, sign_gen, aug_gen = ref._generator(epoch, 0), ref._generator(epoch, 1), ref._generator(epoch, 2)
+        n = ref.x_train.shape[0]
+        n_batches = math.ceil(n / tc.batch_size)
+        before = hw.stats()
+        correct, loss_sum, bad, settle_t, steps, phases = 0, 0.0, 0, 0.0, 0, 0
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs} [hardware {h.device}]", leave=False,
+                   disable=None if tc.progress else True, mininterval=0.5)
+        t0 = time.perf_counter()
+        for i, (xb, yb) in enumerate(iterate_batches(ref.x_train, ref.y_train, tc.batch_size, shuffle=True,
+                                                     generator=order_gen)):
+            xb = ref.prepare_batch(xb, aug_gen)
+            B = xb.shape[0]
+            free = self._free(xb)
+            plan = self.estimator.plan(sign_gen)
+            J = len(plan.betas)
+            xJ = xb.repeat(J, *([1] * (xb.dim() - 1)))
+            u0 = [u.repeat(J, *([1] * (u.dim() - 1))) for u in free.u]
+            nudged = hw.settle_phase(xJ, u0, ec.K, y=yb.repeat(J), beta=_rows(plan.betas, B, free.state[0]),
+                                     solver=self.solver, tol=h.settle_tol or None)
+            rows = hw.outer_products(xb, yb, free.state, nudged.state, plan, ec.rule)
+            hw.apply_update(rows, B, lrs, mode=h.update, leakage=tc.weight_decay, threshold=h.manhattan_threshold,
+                            refresh_threshold=h.refresh_threshold, shared=hw.shared_arrays(ec.rule))
+            logits = hw.logits(free.state)
+            batch_loss = float(self._loss(logits, free.state, yb).sum())
+            if not math.isfinite(batch_loss):
+                raise RuntimeError(f"non-finite loss on the hardware at epoch {epoch + 1}, batch {i + 1}")
+            loss_sum += batch_loss
+            correct += int((logits.argmax(-1) == yb).sum())
+            bad += int((~self._converged(free)).sum())
+            for r in (free.settle, nudged.settle):
+                settle_t += float(r.t) / hw.tau
+                steps += r.n_steps
+                phases += 1
+            bar.update(1)
+        bar.close()
+        train_time = time.perf_counter() - t0
+        test = self.evaluate(ref.x_test, ref.y_test)
+        after = hw.stats()
+        m = {"epoch": epoch + 1, "lr": lrs, "train_acc": correct / n, "train_loss": loss_sum / n,
+             "train_nonconverged": bad / n, "test_acc": test["acc"], "test_loss": test["loss"],
+             "test_nonconverged": test["nonconverged"], "train_time_s": train_time, "samples_per_s": n / train_time,
+             "pulses": after["pulses"] - before["pulses"], "refreshes": after["refreshes"] - before["refreshes"],
+             "reads": after["reads"] - before["reads"], "energy_J": after["energy_J"] - before["energy_J"],
+             "saturated_fraction": after["saturated_fraction"], "settling_time_tau": settle_t / max(phases, 1),
+             "solver_steps": steps / max(phases, 1)}
+        if self.net.unidirectional:
+            m["angles"] = self.net.alignment_angles()
+        return m
+
+    def fit(self, log=print) -> list[dict]:
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.toml").write_text(dump_toml(cfg))
+        (self.out / "mapping.json").write_text(json.dumps(
+            {"representable_fraction": self.hw.representable, "g0_S": self.hw.g0, "tau_s": self.hw.tau,
+             "device": self.hw.card.name, "arrays": {k: repr(a) for k, a in self.hw.arrays().items()}}, indent=1))
+        metrics = self.out / METRICS
+        metrics.write_text("")
+        for epoch in range(cfg.train.epochs):
+            m = self.train_epoch(epoch)
+            self.history.append(m)
+            with open(metrics, "a") as f:
+                f.write(json.dumps(m) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if log:
+                log(f"[{cfg.name} on {self.hw.card.name}] epoch {m['epoch']:>3}/{cfg.train.epochs}  train acc "
+                    f"{m['train_acc']:.4f}  test acc {m['test_acc']:.4f}  pulses {m['pulses']:.3g}  "
+                    f"energy {m['energy_J']:.3g} J  {m['train_time_s']:.1f}s")
+        return self.history
+
+
+def compare(cfg: RunConfig, out: str | Path, log=print) -> dict:
+    """Train the ideal reference and the hardware model of ``cfg`` side by side; write the table and the plot.
+
+    Returns the summary (also ``out/comparison.json`` and ``out/comparison.md``; curves in
+    ``out/learning_curves.png``; each run's metrics under ``out/ideal`` and ``out/hardware``).
+    """
+    from .plots import plot_learning_curves
+
+    out = Path(out)
+    notes = []
+    if cfg.train.momentum > 0:
+        notes.append(f"the reference uses momentum {cfg.train.momentum}; the hardware update has none")
+    ideal_cfg = replace(cfg, output=replace(cfg.output, dir=str(out / "ideal")))
+    t0 = time.perf_counter()
+    ideal = Trainer(ideal_cfg)
+    hist_i = ideal.fit(log=log)
+    t_ideal = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    hwt = HardwareTrainer(replace(cfg, output=replace(cfg.output, dir=str(out / "hardware"))), dataset=ideal.dataset)
+    hist_h = hwt.fit(log=log)
+    t_hw = time.perf_counter() - t0
+    last_i, last_h = hist_i[-1], hist_h[-1]
+    summary = {
+        "config": cfg.name, "device": hwt.hw.card.name, "epochs": cfg.train.epochs,
+        "ideal_test_acc": last_i["test_acc"], "hardware_test_acc": last_h["test_acc"],
+        "gap": last_i["test_acc"] - last_h["test_acc"],
+        "ideal_best_test_acc": max(h["test_acc"] for h in hist_i),
+        "hardware_best_test_acc": max(h["test_acc"] for h in hist_h),
+        "pulses": sum(h["pulses"] for h in hist_h), "refreshes": sum(h["refreshes"] for h in hist_h),
+        "energy_J": sum(h["energy_J"] for h in hist_h), "saturated_fraction": last_h["saturated_fraction"],
+        "settling_time_tau": sum(h["settling_time_tau"] for h in hist_h) / len(hist_h),
+        "hardware_nonconverged": last_h["test_nonconverged"],
+        "representable_fraction": hwt.hw.representable, "tau_s": hwt.hw.tau,
+        "ideal_time_s": t_ideal, "hardware_time_s": t_hw, "notes": notes,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "comparison.json").write_text(json.dumps(summary, indent=1))
+    rows = [("test accuracy (last epoch)", f"{summary['ideal_test_acc']:.4f}", f"{summary['hardware_test_acc']:.4f}"),
+            ("best test accuracy", f"{summary['ideal_best_test_acc']:.4f}",
+             f"{summary['hardware_best_test_acc']:.4f}"),
+            ("gap (ideal − hardware)", "", f"{summary['gap']:+.4f}"),
+            ("programming pulses", "", f"{summary['pulses']:.4g}"),
+            ("refreshes", "", f"{summary['refreshes']}"),
+            ("energy (pulses + reads)", "", f"{summary['energy_J']:.4g} J"),
+            ("saturated devices (end)", "", f"{100 * summary['saturated_fraction']:.2f} %"),
+            ("mean settling time per phase", "", f"{summary['settling_time_tau']:.1f} τ (τ = {hwt.hw.tau:.3g} s)"),
+            ("free phase not settled (test)", f"{100 * last_i['test_nonconverged']:.2f} %",
+             f"{100 * summary['hardware_nonconverged']:.2f} %"),
+            ("wall-clock training time", f"{t_ideal:.1f} s", f"{t_hw:.1f} s")]
+    rep = ", ".join(f"{k} {100 * v:.1f} %" for k, v in hwt.hw.representable.items())
+    md = [f"# {cfg.name}: ideal reference vs hardware ({hwt.hw.card.name})", "",
+          "| | ideal | hardware |", "|---|---|---|", *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",
+          f"Initial weights representable on the device range: {rep}.", *[f"Note: {n}." for n in notes]]
+    (out / "comparison.md").write_text("\n".join(md) + "\n")
+    plot_learning_curves({"ideal": hist_i, f"hardware ({hwt.hw.card.name})": hist_h}, out / "learning_curves.png",
+                         title=f"{cfg.name}: ideal vs {hwt.hw.card.name}")
+    if log:
+        log("\n".join(md))
+    return summary

@@ -1,0 +1,228 @@
+"""The hardware substrate (issue: circuit settling and hardware-in-the-loop EP): settling on crossbar arrays against
+the discrete reference, the local update rules against the engine's estimates, pulses, and hardware-in-the-loop
+training against the ideal reference."""
+
+import json
+
+import pytest
+import torch
+
+from neuromorph.circuit import RK4, Dopri5, Euler, Heun, SteadyState, lyapunov_energy, settle
+from neuromorph.cli import main
+from neuromorph.config import load_config
+from neuromorph.crossbar import Periphery
+from neuromorph.dynamics import relax
+from neuromorph.estimators import OneSided, Symmetric, _rows, estimate_from_states
+from neuromorph.hardware import HardwareNetwork
+from neuromorph.hil import HardwareTrainer
+from neuromorph.network import LayeredNetwork
+
+F64 = torch.float64
+
+
+def make(loss="xent", uni=False, act="half_hard_sigmoid", batch=6, seed=0, card="ideal", periphery=None):
+    net = LayeredNetwork([20, 16, 12, 4], loss=loss, activation=act, dtype=F64, seed=seed, init_scale=0.8,
+                         unidirectional=uni)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.rand(batch, 20, generator=g, dtype=F64)
+    y = torch.randint(0, 4, (batch,), generator=g)
+    ref = LayeredNetwork([20, 16, 12, 4], loss=loss, activation=act, dtype=F64, seed=seed, init_scale=0.8,
+                         unidirectional=uni)
+    hw = HardwareNetwork(net, card, periphery if periphery is not None else Periphery.ideal(),
+                         generator=torch.Generator().manual_seed(5))
+    ref.load_state_dict(net.state_dict())  # the programmed weights (round trip through conductances)
+    return hw, ref, x, y
+
+
+def _max_diff(a, b):
+    return max(float((p - q).abs().max()) for p, q in zip(a, b))
+
+
+@pytest.mark.parametrize("loss,uni", [("mse", False), ("xent", False), ("xent", True)])
+def test_euler_with_dt_tau_is_the_discrete_iteration(loss, uni):
+    """ARCHITECTURE.md §2: with ideal devices and periphery, Euler at dt = τ reproduces the reference to 1e-12."""
+    hw, ref, x, y = make(loss, uni)
+    free_ref = relax(ref, ref.input_drive(x), ref.zero_state(x.shape[0]), 25)
+    free = hw.settle_phase(x, None, 25)
+    assert _max_diff(free.state, free_ref.state) < 1e-12
+    beta = _rows((0.7, -0.7), x.shape[0], x)
+    start = [s.repeat(2, 1) for s in free_ref.state]
+    nud_ref = relax(ref, ref.input_drive(x.repeat(2, 1)), start, 10, y=y.repeat(2), beta=beta)
+    nud = hw.settle_phase(x.repeat(2, 1), [u.repeat(2, 1) for u in free.u], 10, y=y.repeat(2), beta=beta)
+    assert _max_diff(nud.state, nud_ref.state) < 1e-12
+
+
+@pytest.mark.parametrize("solver", [Heun(0.5), RK4(0.5), Dopri5(rtol=1e-9, atol=1e-11)])
+def test_every_solver_reaches_the_reference_fixed_point(solver):
+    hw, ref, x, y = make("xent", act="sigmoid4")
+    fixed = relax(ref, ref.input_drive(x), ref.zero_state(x.shape[0]), 400)
+    assert float(fixed.residual.max()) < 1e-13
+    tau = hw.tau
+    solver = type(solver)(solver.dt * tau) if not solver.adaptive else Dopri5(rtol=1e-9, atol=1e-11, dt_max=tau)
+    res = settle(hw.field(x), ref.zero_state(x.shape[0]), solver=solver, stop=SteadyState(1e-11, 400 * tau))
+    assert bool(res.converged.all())
+    assert _max_diff(res.s, fixed.state) < 1e-8
+
+
+def test_circuit_energy_never_increases_on_the_arrays():
+    """Symmetric weights (bidirectional arrays read both ways): the Hopfield energy falls along Euler at 0.02 τ."""
+    hw, ref, x, _ = make("mse", act="sigmoid4")
+    tau = hw.tau
+    res = settle(hw.field(x), [torch.zeros_like(s) for s in ref.zero_state(x.shape[0])], solver=Euler(0.02 * tau),
+                 stop=SteadyState(1e-9, 6 * tau), record=True)
+    with torch.no_grad():
+        e = torch.stack([lyapunov_energy(ref, x, [ref.act.unit_fn(u) for u in traj]) for traj in res.trajectory])
+    assert float((e[1:] - e[:-1]).max()) <= 1e-12
+    assert float(e[-1].sum()) < float(e[0].sum()) - 0.1
+
+
+def _phases(hw, x, y, estimator):
+    """Free phase (30 τ) and the plan's nudged phases (10 τ) settled on the arrays."""
+    free = hw.settle_phase(x, None, 30)
+    plan = estimator.plan()
+    J = len(plan.betas)
+    nudged = hw.settle_phase(x.repeat(J, 1), [u.repeat(J, 1) for u in free.u], 10, y=y.repeat(J),
+                             beta=_rows(plan.betas, x.shape[0], x))
+    return free, nudged.state, plan
+
+
+def _array_estimates(hw, rows, batch):
+    return {name: post.t() @ pre / batch for name, (pre, post) in rows.items()}
+
+
+@pytest.mark.parametrize("rule,estimator", [("ep", Symmetric(0.4)), ("ep", OneSided(0.4)), ("vf", Symmetric(0.4)),
+                                            ("kp_vf", Symmetric(0.4))])
+def test_local_rows_equal_the_engine_estimate(rule, estimator):
+    """The pre/post rows programmed into each array give exactly the engine's estimate (Eq. 24–29, 33–37)."""
+    hw, ref, x, y = make("xent", uni=rule != "ep")
+    B = x.shape[0]
+    free, nudged, plan = _phases(hw, x, y, estimator)
+    rows = hw.outer_products(x, y, free.state, nudged, plan, rule)
+    est = _array_estimates(hw, rows, B)
+    grads = estimate_from_states(ref, x, y, free.state, nudged, plan, B, rule)  # −∇̂ in param_list order
+    per, ro, back = ref._split(None)
+    index = {id(p): i for i, p in enumerate(ref.param_list())}
+    for k in range(len(per)):
+        w = est[f"w{k + 1}"]
+        torch.testing.assert_close(w[:, :-1], -grads[index[id(per[k][0])]], rtol=0, atol=1e-12)
+        torch.testing.assert_close(w[:, -1], -grads[index[id(per[k][1])]], rtol=0, atol=1e-12)
+        if back[k] is not None:
+            torch.testing.assert_close(est[f"w{k + 1}_back"], -grads[index[id(back[k])]], rtol=0, atol=1e-12)
+    torch.testing.assert_close(est["w_out"], -grads[index[id(ro)]], rtol=0, atol=1e-12)
+
+
+def test_update_realises_the_request_within_one_pulse_on_the_ideal_device():
+    hw, ref, x, y = make("xent")
+    B = x.shape[0]
+    free, nudged, plan = _phases(hw, x, y, Symmetric(0.5))
+    rows = hw.outer_products(x, y, free.state, nudged, plan, "ep")
+    before = {k: a.weights().clone() for k, a in hw.arrays().items()}
+    lr = 0.5
+    hw.apply_update(rows, B, [lr], mode="deterministic")
+    for name, arr in hw.arrays().items():
+        pre, post = rows[name]
+        request = lr * post.t() @ pre / B
+        dw = arr.array.dw
+        err = (arr.weights() - before[name] - request).abs().max()
+        assert float(err) <= 0.5 * dw + 1e-12, name
+        assert float(request.abs().max()) > 5 * dw  # the request spans several pulses: a real test
+    # the shadow network holds the programmed weights
+    torch.testing.assert_close(hw.net.param_list()[0], hw.forward_arrays[0].weights()[:, :-1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["stochastic_rounding", "pulse_train"])
+def test_kp_vf_fires_identical_pulses_into_forward_and_backward_arrays(mode):
+    """Eq. 36 on hardware: w^f and w^b of a synapse receive the same pulses (the same request, the same bits)."""
+    hw, ref, x, y = make("xent", uni=True, card="taox_hfox")
+    B = x.shape[0]
+    free, nudged, plan = _phases(hw, x, y, Symmetric(0.5))
+    rows = hw.outer_products(x, y, free.state, nudged, plan, "kp_vf")
+    hw.apply_update(rows, B, [20.0], mode=mode, shared=hw.shared_arrays("kp_vf"))
+    f = hw.arrays()["w2"].array.pulses_per_device()
+    b = hw.arrays()["w2_back"].array.pulses_per_device()
+
+    def weight_direction(p, cols=slice(None)):  # the pair policy picks the device, not the direction
+        return (p["pos_up"] + p["neg_down"])[:, cols], (p["pos_down"] + p["neg_up"])[:, cols]
+
+    up_f, down_f = weight_direction(f, slice(0, -1))
+    up_b, down_b = weight_direction(b)
+    assert int(up_f.sum() + down_f.sum()) > 50
+    assert torch.equal(up_f, up_b) and torch.equal(down_f, down_b)
+    # without sharing (the VF rule) the backward array gets its own pulses
+    hw2, _, _, _ = make("xent", uni=True, card="taox_hfox")
+    hw2.apply_update(rows, B, [20.0], mode=mode)
+    up2, down2 = weight_direction(hw2.arrays()["w2_back"].array.pulses_per_device())
+    assert not (torch.equal(up2, up_b) and torch.equal(down2, down_b))
+
+
+def test_hardware_refuses_what_it_cannot_map():
+    conv = LayeredNetwork([10], loss="xent", input_shape=(1, 8, 8), conv=[(2, 3, 1)])
+    with pytest.raises(ValueError, match="convolutional"):
+        HardwareNetwork(conv, "ideal")
+    drop = LayeredNetwork([8, 6, 3], loss="xent", dropout=(0.2,))
+    with pytest.raises(ValueError, match="dropout"):
+        HardwareNetwork(drop, "ideal")
+    hw, _, x, y = make()
+    with pytest.raises(ValueError, match="unknown update mode 'sgd'"):
+        hw.apply_update({}, 1, [0.1], mode="sgd")
+    with pytest.raises(ValueError, match="2 learning rates for 3 layers"):
+        hw.lr_of([0.1, 0.2])
+    with pytest.raises(ValueError, match="activity_bits"):
+        HardwareNetwork(LayeredNetwork([4, 3, 2]), "ideal", activity_bits=-1)
+
+
+def _fine_card(tmp_path):
+    """A user's card (no Python): the ideal device with a pulse quantum of 1e-9 of the range."""
+    path = tmp_path / "fine.toml"
+    path.write_text('[device]\nname = "fine"\nmodel = "ideal"\n\n[parameters]\n'
+                    'g_max = { value = 5, unit = "uS" }\ng_min = { value = 100, unit = "nS" }\n'
+                    'dw_min = { value = 1e-7, unit = "%range" }\n')
+    return path
+
+
+def test_hardware_in_the_loop_with_a_perfect_device_tracks_the_reference(tmp_path):
+    """Same data order, initial weights and schedule: a perfect device (tiny pulse quantum, deterministic pulses,
+    ideal periphery) and plain SGD give the reference's weights after an epoch, to the pulse quantum."""
+    from neuromorph.train import Trainer
+
+    over = ["model.layers=[64,24,10]", "model.loss=xent", "train.epochs=1", "train.batch_size=40",
+            "train.momentum=0", "train.lr=[0.1,0.05]", "train.progress=false", "data.n_train=400", "data.n_test=100",
+            "ep.T=20", "ep.K=6", "ep.beta=0.5", "train.dtype=float64",
+            f"hardware.device={json.dumps(str(_fine_card(tmp_path)))}",
+            "hardware.update=deterministic", "hardware.read_noise=false", "output.checkpoint=false",
+            f"output.dir={json.dumps(str(tmp_path / 'ref'))}"]
+    cfg = load_config(None, over)
+    ref = Trainer(cfg)
+    init = [p.detach().clone() for p in ref.net.param_list()]
+    hist = ref.fit(log=None)
+    assert max(float((p.detach() - q).abs().max()) for p, q in zip(ref.net.param_list(), init)) > 1e-2
+    hwt = HardwareTrainer(cfg, dataset=ref.dataset, out=tmp_path / "hw")
+    hhist = hwt.fit(log=None)
+    n_updates = 10
+    dw = hwt.hw.forward_arrays[0].array.dw
+    for p, q in zip(ref.net.param_list(), hwt.net.param_list()):
+        assert float((p - q).detach().abs().max()) <= n_updates * dw, (float((p - q).detach().abs().max()), dw)
+    assert hhist[0]["test_acc"] == pytest.approx(hist[0]["test_acc"], abs=0.02)
+    assert hhist[0]["pulses"] > 0
+
+
+def test_compare_cli_writes_table_curves_and_statistics(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    rc = main(["compare", "--config", "configs/compare_digits.toml", "--device", "taox_hfox", "--out", str(out),
+               "--set", "train.epochs=2", "--set", "data.n_train=300", "--set", "data.n_test=100",
+               "--set", "train.progress=false"])
+    assert rc == 0
+    s = json.loads((out / "comparison.json").read_text())
+    assert s["device"] == "TaOx/HfOx" and s["epochs"] == 2
+    assert s["pulses"] > 0 and 0 <= s["saturated_fraction"] <= 1
+    assert set(s["representable_fraction"]) == {"w1", "w_out"}
+    assert (out / "learning_curves.png").stat().st_size > 1000
+    assert "| test accuracy (last epoch) |" in (out / "comparison.md").read_text()
+    lines = (out / "hardware" / "metrics.jsonl").read_text().splitlines()
+    m = json.loads(lines[-1])
+    for key in ("pulses", "refreshes", "energy_J", "saturated_fraction", "settling_time_tau", "solver_steps",
+                "train_nonconverged"):
+        assert key in m
+    rc = main(["compare", "--config", "configs/compare_digits.toml", "--device", "no_such_device", "--out", str(out)])
+    assert rc == 2
+    assert "no_such_device" in capsys.readouterr().err
