@@ -246,6 +246,8 @@ class HardwareConfig:
     """Line resistance per segment [Ω] (IR drop solved by nodal analysis; 0: none)."""
     read_time_s: float = 0.0
     """Device age [s] at which reads see drift (0: no drift)."""
+    reread_input: bool = False
+    """Read the input array at every solver evaluation (fresh read noise) instead of once per phase."""
     activity_bits: int = 0
     """ADC resolution of the neuron activities read for the local update (0: exact)."""
     update: str = "stochastic_rounding"

@@ -84,13 +84,17 @@ class HardwareNetwork:
         activity_bits: resolution of the ADC that reads the neuron activities (range ``[0, 1]`` for the
             clamping output stages, ``[−1, 1]`` for tanh) for the local update; 0: exact.
         read_time: device age [s] at which reads see drift (``None``: no drift).
+        reread_input: read the input array at every evaluation (a fresh read-noise draw each time) instead of
+            once per phase (the static input makes its current constant; this is also what the reference does
+            with its input drive, and it saves the largest product of the loop).
         generator: seeded generator (device sampling, read noise, stochastic programming).
     """
 
     def __init__(self, net: LayeredNetwork, card: DeviceCard | str, periphery: Periphery | None = None, *,
                  tile_size: Sequence[int] = (256, 256), g0: float | None = None, mapping: str = "min",
                  policy: str = "bidirectional", capacitance: float = 1e-12, activity_bits: int = 0,
-                 read_time: float | None = None, generator: torch.Generator | None = None) -> None:
+                 read_time: float | None = None, reread_input: bool = False,
+                 generator: torch.Generator | None = None) -> None:
         if not all(isinstance(s, Dense) for s in net.synapses):
             raise ValueError("the hardware substrate maps fully connected synapses onto crossbars; this network has "
                              "convolutional layers (map them with an im2col layout first, or use the ideal substrate)")
@@ -107,6 +111,7 @@ class HardwareNetwork:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.activity_bits = activity_bits
         self.read_time = read_time
+        self.reread_input = bool(reread_input)
         kw = dict(tile_size=tile_size, generator=self.generator, device=net.device, dtype=net.dtype, g0=g0,
                   mapping=mapping, policy=policy)
         per, ro, back = net._split(None)
@@ -187,7 +192,8 @@ class HardwareNetwork:
         return last if self.readout_array is None else self.readout_array.forward(last, t=self.read_time)
 
     def field(self, x: torch.Tensor, y: torch.Tensor | None = None, beta: float | torch.Tensor = 0.0) -> NodeField:
-        """The node equation of one phase: every evaluation reads every array once forward and once transposed."""
+        """The node equation of one phase: every evaluation reads every recurrent array once forward and once
+        transposed (fresh read noise each time); the input array once per phase unless ``reread_input``."""
         net = self.net
         x = net.flatten_input(x).reshape(x.shape[0], -1)
         g, o = net.act.gain, net.act.offset
@@ -200,9 +206,12 @@ class HardwareNetwork:
                                                                               dtype=x.dtype, device=x.device)
         n = len(net.synapses)
 
+        # the input lines carry a static input during a phase: unless reread_input, the first array is read once
+        # per phase (one read-noise draw held for the phase, like a DC current); every other array every evaluation
+        drive = None if self.reread_input else self._fwd(0, x)
+
         def target(s: State) -> list[torch.Tensor]:
-            chain = [x, *s]
-            a = [self._fwd(k, chain[k]) for k in range(n)]
+            a = [self._fwd(0, x) if drive is None else drive] + [self._fwd(k, s[k - 1]) for k in range(1, n)]
             for k in range(1, n):
                 a[k - 1] = a[k - 1] + self._fb(k, s[k])
             if nudged:
@@ -304,8 +313,9 @@ class HardwareNetwork:
     @torch.no_grad()
     def apply_update(self, rows: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int, lrs: Sequence[float], *,
                      mode: str = "stochastic_rounding", leakage: float = 0.0, threshold: float = 0.0,
-                     refresh_threshold: float = 0.0, shared: set[str] = frozenset()) -> dict[str, float]:
-        """Program ``ΔW = lr (Σ_r post_r pre_rᵀ / B − λ W)`` into every array; returns the realised ``‖ΔW‖``.
+                     refresh_threshold: float = 0.0, shared: set[str] = frozenset()) -> dict[str, torch.Tensor]:
+        """Program ``ΔW = lr (Σ_r post_r pre_rᵀ / B − λ W)`` into every array; returns the realised ``ΔW`` per
+        array (before any refresh).
 
         ``mode`` (:data:`UPDATE_MODES`): ``"stochastic_rounding"`` / ``"deterministic"`` / ``"manhattan"`` turn
         the request into pulse counts per device (:meth:`CrossbarLayer.program`); ``"pulse_train"`` fires
@@ -327,7 +337,7 @@ class HardwareNetwork:
             pre, post = rows[name]
             lr = lr_of[name]
             da = arr.array
-            before = arr.weights()
+            before = arr.weights() if leakage else None
             if name in shared:
                 up, down = counts[name.removesuffix("_back")]
                 n_in = da.shape[1]
@@ -338,12 +348,12 @@ class HardwareNetwork:
                 n = da.pulse_counts(post.t() @ pre * (lr / batch), mode=mode, threshold=threshold)
                 up, down = n.clamp(min=0), (-n).clamp(min=0)
             counts[name] = (up, down)
-            da.fire_coincidences(up, down)
+            dw = da.fire_coincidences(up, down)
             if leakage:
-                da.program(-lr * leakage * before)
+                dw = dw + da.program(-lr * leakage * before)
             if refresh_threshold > 0:
                 arr.refresh(refresh_threshold)
-            realised[name] = float((arr.weights() - before).norm())
+            realised[name] = dw
         self.sync_shadow()
         return realised
 

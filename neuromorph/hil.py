@@ -63,7 +63,7 @@ class HardwareTrainer:
         self.hw = HardwareNetwork(self.ref.net, h.device, periphery_from_config(cfg),
                                   tile_size=(h.tile_rows, h.tile_cols), g0=h.g0_siemens or None, mapping=h.mapping,
                                   policy=h.policy, capacitance=h.capacitance_farad, activity_bits=h.activity_bits,
-                                  read_time=h.read_time_s or None, generator=gen)
+                                  read_time=h.read_time_s or None, reread_input=h.reread_input, generator=gen)
         self.net = self.hw.net
         self.solver = make_solver(h.solver, h.dt_tau, self.hw.tau, h.rtol, h.atol)
         self.estimator = make_estimator(cfg.ep.estimator, cfg.ep.beta)

@@ -596,3 +596,29 @@ def test_cli_fit_writes_a_loadable_card(tmp_path, capsys):
     c = load_card(out)
     assert c.model == "neurosim" and c.max_pulses == 32
     assert c.nl_ltp == pytest.approx(1.75, abs=0.2) and c.nl_ltd == pytest.approx(1.46, abs=0.2)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_sparse_pulse_path_equals_the_dense_one(name, monkeypatch):
+    """apply_pulses runs the model on the pulsed devices only when few are pulsed: same result as the dense path
+    (exactly for a noise-free device; for a noisy one the untouched devices stay put and the bounds hold)."""
+    from neuromorph.devices import models
+
+    card = load_card(name)
+    gen_n = torch.Generator().manual_seed(3)
+    n = torch.randint(-3, 4, (40, 50), generator=gen_n) * (torch.rand(40, 50, generator=gen_n) < 0.05)
+    out = {}
+    for frac in (models.SPARSE_FRACTION, -1.0):
+        monkeypatch.setattr(models, "SPARSE_FRACTION", frac)
+        arr = DeviceArray(card, (40, 50), generator=torch.Generator().manual_seed(1), dtype=torch.float64,
+                          g_init="center")
+        g0 = arr.g.clone()
+        dg = arr.apply_pulses(n)
+        out[frac] = (arr.g.clone(), dg, g0, arr)
+    (gs, dgs, g0, arr), (gd, dgd, _, _) = out[models.SPARSE_FRACTION], out[-1.0]
+    untouched = (n == 0) | arr.stuck
+    assert torch.equal(gs[untouched], g0[untouched]) and torch.equal(dgs[untouched], torch.zeros_like(dgs[untouched]))
+    assert bool(((gs >= arr.g_min - 1e-15) & (gs <= arr.g_max + 1e-15)).all())
+    if arr._deterministic():
+        torch.testing.assert_close(gs, gd, rtol=0, atol=1e-18)
+        torch.testing.assert_close(dgs, dgd, rtol=0, atol=1e-18)

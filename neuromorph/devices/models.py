@@ -68,6 +68,9 @@ from .cards import STEP_MODELS, DeviceCard
 
 __all__ = ["DeviceArray", "pulse_response"]
 
+SPARSE_FRACTION = 0.25
+"""``apply_pulses`` runs the device model on the pulsed devices only when at most this fraction is pulsed."""
+
 
 @lru_cache(maxsize=1)
 def _label_u_table() -> tuple[list[float], list[float]]:
@@ -178,6 +181,7 @@ class DeviceArray:
         self.stuck_min = u < c.stuck_at_min_frac
         self.stuck_max = (u >= c.stuck_at_min_frac) & (u < c.stuck_at_min_frac + c.stuck_at_max_frac)
         self.stuck = self.stuck_min | self.stuck_max
+        self._any_stuck = bool(self.stuck.any())
         if c.drift_nu > 0 or c.drift_nu_std > 0:
             self.nu = (c.drift_nu + c.drift_nu_std * self._randn()).clamp(min=0.0)
         else:
@@ -298,21 +302,49 @@ class DeviceArray:
         ``g`` [S]. Stuck devices receive (and count) the pulses but do not change."""
         n = self._as_counts(n)
         self.pulse_count += n.abs()
-        before = self.g
-        n_eff = torch.where(self.stuck, torch.zeros_like(n), n)
-        if not bool((n_eff != 0).any()):
+        before = self.g  # never modified in place: programming replaces the tensors
+        n_eff = torch.where(self.stuck, torch.zeros_like(n), n) if self._any_stuck else n
+        idx = n_eff.reshape(-1).nonzero().squeeze(1)
+        if idx.numel() == 0:
             return torch.zeros_like(before)
-        if self.model == "neurosim":
-            gp = self._neurosim(self._gp, n_eff, generator)
-        elif self.model == "ideal":
-            gp = self._ideal(self._gp, n_eff, generator)
-        elif self._closed_form_ok():
-            gp = self._step_closed(self._gp, n_eff)
-        else:
-            gp = self._step_loop(self._gp, n_eff, generator)
-        self._gp = gp
+        if idx.numel() <= SPARSE_FRACTION * self.numel:
+            # few devices pulsed (small stochastic-rounding updates): run the model on those devices only
+            sub = self._subset(idx)
+            sub._gp = sub._advance(sub._gp, n_eff.reshape(-1)[idx], generator)
+            sub._write_noise(torch.ones(idx.numel(), dtype=torch.bool, device=self.device), generator)
+            gp = self._gp.clone()
+            gp.view(-1)[idx] = sub._gp
+            self._gp = gp
+            if sub._g_app is not None:
+                app = (self._gp if self._g_app is None else self._g_app).clone()
+                app.view(-1)[idx] = sub._g_app
+                self._g_app = app
+            return self.g - before
+        self._gp = self._advance(self._gp, n_eff, generator)
         self._write_noise(n_eff != 0, generator)
         return self.g - before
+
+    def _subset(self, idx: torch.Tensor) -> DeviceArray:
+        """A shallow copy holding only the devices ``idx`` (flat indices): every per-device tensor gathered."""
+        sub = object.__new__(DeviceArray)
+        sub.__dict__.update(self.__dict__)
+        for key, value in self.__dict__.items():
+            if isinstance(value, torch.Tensor) and value.shape == self.shape:
+                sub.__dict__[key] = value.reshape(-1)[idx]
+        sub.shape = torch.Size((idx.numel(),))
+        return sub
+
+    def _advance(self, gp: torch.Tensor, n_eff: torch.Tensor, generator) -> torch.Tensor:
+        """The model's persistent conductances after ``n_eff`` pulses per device."""
+        if self.model == "neurosim":
+            gp = self._neurosim(gp, n_eff, generator)
+        elif self.model == "ideal":
+            gp = self._ideal(gp, n_eff, generator)
+        elif self._closed_form_ok():
+            gp = self._step_closed(gp, n_eff)
+        else:
+            gp = self._step_loop(gp, n_eff, generator)
+        return gp
 
     def set_conductance(self, g_target, *, count_pulses: bool = True,
                         mask: torch.Tensor | None = None) -> torch.Tensor:
