@@ -3,6 +3,7 @@ the discrete reference, the local update rules against the engine's estimates, p
 training against the ideal reference."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -226,3 +227,45 @@ def test_compare_cli_writes_table_curves_and_statistics(tmp_path, capsys):
     rc = main(["compare", "--config", "configs/compare_digits.toml", "--device", "no_such_device", "--out", str(out)])
     assert rc == 2
     assert "no_such_device" in capsys.readouterr().err
+
+
+def test_kp_vf_on_hardware_aligns_forward_and_backward_arrays(tmp_path):
+    """The KP-VF shared pulses and equal leakage shrink the w^f/w^b angle during hardware training (measured:
+    87° → 19° in 6 epochs), much faster than the VF rule on the same hardware (89° → 75°)."""
+    angles = {}
+    for rule in ("kp_vf", "vf"):
+        cfg = load_config("configs/compare_digits.toml", [
+            "model.layers=[64,64,32,10]", "train.lr=[0.5,0.5,0.2]", "model.unidirectional=true", f"ep.rule={rule}",
+            "train.weight_decay=1e-2", "train.epochs=6", "train.progress=false",
+            f"output.dir={json.dumps(str(tmp_path / rule))}"])
+        hist = HardwareTrainer(cfg).fit(log=None)
+        angles[rule] = [h["angles"][0] for h in hist]
+    assert angles["kp_vf"][0] > 80 and angles["kp_vf"][-1] < 40, angles
+    assert angles["kp_vf"][-1] < angles["vf"][-1] - 25, angles
+
+
+def test_finite_state_device_realises_the_request_statistically(tmp_path):
+    """A 100-level device with cycle-to-cycle noise: stochastic rounding makes the mean realised ΔW equal the
+    request (within 4 standard errors), with the spread of Bernoulli pulse counts plus the write noise."""
+    from neuromorph.crossbar import CrossbarLayer
+    from neuromorph.devices import load_card
+
+    path = tmp_path / "coarse.toml"
+    path.write_text('[device]\nname = "coarse"\nmodel = "ideal"\n\n[parameters]\n'
+                    'g_max = { value = 10, unit = "uS" }\ng_min = { value = 0, unit = "uS" }\n'
+                    'dw_min = { value = 1, unit = "%range" }\nc2c_sigma = { value = 0.2, unit = "%range" }\n')
+    card = load_card(path)
+    n = 200
+    arr = CrossbarLayer(n, n, card, Periphery.ideal(), generator=torch.Generator().manual_seed(0), dtype=F64,
+                        mapping="symmetric")
+    dw = arr.array.dw
+    for frac in (0.3, -0.7, 2.4):
+        before = arr.weights()
+        arr.program(torch.full((n, n), frac * dw, dtype=F64))
+        real = (arr.weights() - before) / dw
+        m, sd = float(real.mean()), float(real.std())
+        p = abs(frac) - math.floor(abs(frac))
+        noise = (0.002 * card.g_range / arr.g0 / dw) ** 2 * (math.floor(abs(frac)) + p)  # σ_c2c √|n| per device
+        expected_sd = math.sqrt(p * (1 - p) + noise)
+        assert abs(m - frac) < 4 * expected_sd / n, (frac, m)
+        assert sd == pytest.approx(expected_sd, rel=0.1), (frac, sd, expected_sd)
