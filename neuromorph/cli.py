@@ -213,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .devices.cli import add_parser as add_device_parser
 
     add_device_parser(sub)
+
+    from .spice.cli import add_parsers as add_spice_parsers
+
+    add_spice_parsers(sub)
     return p
 
 
