@@ -223,7 +223,10 @@ class HardwareConfig:
     device: str = "ideal"
     """Device card: a preset name (``neuromorph device list``) or a path to a card TOML."""
     g0_siemens: float = 0.0
-    """Weight scale g0 [S] of ``W = (G+ − G−)/g0`` (0: the card's range ``g_max − g_min``)."""
+    """Weight scale g0 [S] of ``W = (G+ − G−)/g0`` (0: from ``w_max``)."""
+    w_max: float = 1.0
+    """Weight held by a pair with one device at g_max and the other at g_min: ``g0 = (g_max − g_min)/w_max``
+    (used when ``g0_siemens`` is 0). Smaller ``w_max`` spends the device's states on a smaller weight range."""
     mapping: str = "min"
     """Weights → conductance pairs: ``"min"`` (one device at g_min) or ``"symmetric"`` (around the midpoint)."""
     policy: str = "bidirectional"
@@ -281,7 +284,7 @@ class HardwareConfig:
                      "refresh_threshold", "settle_tol"):
             v = getattr(self, name)
             _check(f"hardware.{name}", math.isfinite(v) and v >= 0, v, "a finite number >= 0")
-        for name in ("capacitance_farad", "v_read_volt", "dt_tau", "rtol", "atol"):
+        for name in ("capacitance_farad", "v_read_volt", "dt_tau", "rtol", "atol", "w_max"):
             v = getattr(self, name)
             _check(f"hardware.{name}", math.isfinite(v) and v > 0, v, "a finite number > 0")
         _check("hardware.adc_range", not (self.adc_bits and not self.adc_range), self.adc_range,

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig, dump_toml
 from .crossbar import Periphery
 from .data import Dataset, iterate_batches
+from .devices import load_card
 from .estimators import _rows, make_estimator
 from .hardware import HardwareNetwork, make_solver
 from .train import METRICS, Trainer, learning_rate
@@ -60,8 +61,9 @@ class HardwareTrainer:
         self.dataset = self.ref.dataset
         h = cfg.hardware
         gen = torch.Generator().manual_seed(h.seed)
-        self.hw = HardwareNetwork(self.ref.net, h.device, periphery_from_config(cfg),
-                                  tile_size=(h.tile_rows, h.tile_cols), g0=h.g0_siemens or None, mapping=h.mapping,
+        card = load_card(h.device)
+        self.hw = HardwareNetwork(self.ref.net, card, periphery_from_config(cfg), tile_size=(h.tile_rows, h.tile_cols),
+                                  g0=h.g0_siemens or card.g_range / h.w_max, mapping=h.mapping,
                                   policy=h.policy, capacitance=h.capacitance_farad, activity_bits=h.activity_bits,
                                   read_time=h.read_time_s or None, reread_input=h.reread_input, generator=gen)
         self.net = self.hw.net

@@ -43,7 +43,11 @@ Programming policies (how a pulse request ``n`` in weight direction reaches the 
   holding the sign of each weight would; it costs no read.
 
 Each device receives pulses of a single direction per request (the split never both potentiates and depresses one
-device), so each request is one :meth:`DeviceArray.apply_pulses` call per device array.
+device), so each request is one :meth:`DeviceArray.apply_pulses` call per device array. When at most
+``SPARSE_FRACTION`` (:mod:`neuromorph.devices.models`) of the pairs get pulses, the usual case of a small
+stochastic-rounding update, a request works on the flat indices of the pulsed pairs only (split, counters, device
+models via :meth:`DeviceArray.apply_pulses_at`, realised ``ΔW``), with the same results. Programming never modifies
+a conductance tensor in place: it replaces them (the tiles cache ``G+ - G-`` keyed on those tensors).
 
 Pulse counts from update requests (:meth:`DifferentialArray.program`)
 ---------------------------------------------------------------------
@@ -76,6 +80,7 @@ from typing import Any
 import torch
 
 from ..devices import DeviceArray, DeviceCard
+from ..devices import models as _models
 
 __all__ = ["DifferentialArray", "PulseTrainParams", "pulse_train_scales", "MAPPINGS", "POLICIES", "PROGRAM_MODES"]
 
@@ -215,7 +220,8 @@ class DifferentialArray:
             w = w.to(self.dtype)
         if w.shape != self.shape:
             raise ValueError(f"{name} has shape {tuple(w.shape)}, the array has shape {tuple(self.shape)}")
-        if not bool(torch.isfinite(w).all()):
+        lo, hi = torch.aminmax(w)  # NaN propagates: one pass instead of isfinite().all()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError(f"{name} contains non-finite values")
         return w.to(self.dtype)
 
@@ -290,8 +296,9 @@ class DifferentialArray:
         return self.last_representable_fraction
 
     # ------------------------------------------------------------------ programming
-    def _split(self, n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _split(self, n: torch.Tensor, idx: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Signed pulse counts in weight direction -> signed counts for (G+, G-) (module docstring: policies).
+        ``n``: counts of the whole array, or with ``idx`` (flat indices) the counts of those pairs only.
 
         Bidirectional: with ``d = G+ - G-``, ``k = min(|n|, round(|d|/dg))`` if ``n`` opposes the sign of ``d``
         (else 0); ``G+`` gets ``|n| - k`` if ``n > 0`` else ``-k``; ``G-`` gets ``|n| - k`` if ``n < 0`` else ``-k``.
@@ -299,7 +306,10 @@ class DifferentialArray:
         if self.policy == "unidirectional":
             return n.clamp(min=0), (-n).clamp(min=0)
         # written without torch.where (slow on some CPU builds): G+ gets relu(n) - k, G- gets relu(-n) - k
-        d = self.pos.g - self.neg.g
+        if idx is None:
+            d = self.pos.g - self.neg.g
+        else:
+            d = self.pos.g.reshape(-1).index_select(0, idx) - self.neg.g.reshape(-1).index_select(0, idx)
         nf = n.to(d.dtype)
         opposed = (d * nf < 0).to(d.dtype)
         k = torch.minimum(d.abs_().div_(self.dg).round_(), nf.abs()).mul_(opposed)
@@ -312,6 +322,13 @@ class DifferentialArray:
         self._cnt[f"{key}_net"] += n
         return _int_total(a)
 
+    def _count_at(self, key: str, idx: torch.Tensor, n: torch.Tensor) -> int:
+        """:meth:`_count` for the counts ``n`` of the devices at flat indices ``idx`` (distinct)."""
+        a = n.abs()
+        self._cnt[f"{key}_total"].view(-1).index_add_(0, idx, a)
+        self._cnt[f"{key}_net"].view(-1).index_add_(0, idx, n)
+        return _int_total(a)
+
     def _fire(self, n_pos: torch.Tensor, n_neg: torch.Tensor, kind: str) -> torch.Tensor:
         """Apply signed pulse counts to the two devices, count them; returns the realised ΔW."""
         out = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
@@ -320,6 +337,36 @@ class DifferentialArray:
             if fired:
                 out.add_(dev.apply_pulses(n), alpha=sign / self.g0)
             self._n[kind] += fired
+        return out
+
+    def _fire_at(self, idx: torch.Tensor, n_pos: torch.Tensor, n_neg: torch.Tensor, kind: str) -> torch.Tensor:
+        """:meth:`_fire` for the pairs at flat indices ``idx`` only (every other pair gets no pulse); returns the
+        realised ΔW at ``idx``."""
+        out = torch.zeros(idx.shape, dtype=self.dtype, device=self.device)
+        for dev, n, key, sign in ((self.pos, n_pos, "pos", 1.0), (self.neg, n_neg, "neg", -1.0)):
+            fired = self._count_at(key, idx, n)
+            if fired:
+                out.add_(dev.apply_pulses_at(idx, n), alpha=sign / self.g0)
+            self._n[kind] += fired
+        return out
+
+    def _request(self, n: torch.Tensor, kind: str = "pulses_program") -> torch.Tensor:
+        """Fire one request of signed pulse counts ``n`` (weight direction, shape of the array) through the pair
+        policy; returns the realised ΔW. When at most ``SPARSE_FRACTION`` of the pairs get pulses (the usual
+        training update), everything after one ``nonzero`` works on those pairs only: the split (it needs
+        ``G+ - G-`` there only), the counters (``index_add_``), the device models (``apply_pulses_at``) and the
+        realised ΔW (scattered into zeros). Otherwise the dense path: the same results."""
+        n = n.to(torch.int64)
+        flat = n.reshape(-1)
+        pulsed = int(flat.count_nonzero())  # cheap on int64 (no nonzero() when dense)
+        if pulsed > _models.SPARSE_FRACTION * self.numel:
+            n_pos, n_neg = self._split(n)
+            return self._fire(n_pos, n_neg, kind)
+        out = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        if pulsed:
+            idx = flat.nonzero().squeeze(1)
+            n_pos, n_neg = self._split(flat.index_select(0, idx), idx)
+            out.view(-1).index_copy_(0, idx, self._fire_at(idx, n_pos, n_neg, kind))
         return out
 
     def apply_weight_pulses(self, n: torch.Tensor) -> torch.Tensor:
@@ -331,10 +378,8 @@ class DifferentialArray:
         if n.is_floating_point():
             if not torch.equal(n, torch.round(n)):
                 raise ValueError("pulse counts must be integers")
-        n = n.to(torch.int64)
-        n_pos, n_neg = self._split(n)
         self._n["updates"] += 1
-        return self._fire(n_pos, n_neg, "pulses_program")
+        return self._request(n.to(torch.int64))
 
     def pulse_counts(self, delta_w: torch.Tensor, *, mode: str = "stochastic_rounding", threshold: float = 0.0,
                      generator: torch.Generator | None = None) -> torch.Tensor:
@@ -353,15 +398,18 @@ class DifferentialArray:
         gen = generator or self.generator
         u = torch.rand(self.shape, generator=gen, dtype=req.dtype, device=gen.device).to(self.device)
         fl = torch.floor(req)
-        return fl.to(torch.int64) + (u < req.sub_(fl))
+        # floor + (u < fraction) added in floating point (exact: a fraction > 0 needs |floor| < 2^mantissa bits),
+        # one conversion to int64 (an int64 + bool sum is slow on CPU)
+        return fl.add_(u.lt_(req.sub_(fl))).to(torch.int64)
 
     def program(self, delta_w: torch.Tensor, *, mode: str = "stochastic_rounding", threshold: float = 0.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Turn the update request ``delta_w`` [weight units] into pulses (``mode``: "stochastic_rounding",
         "deterministic", "manhattan" with ``threshold``) and fire them through the pair policy. Returns the
         realised ``ΔW`` (from the devices' programmed conductances)."""
-        return self.apply_weight_pulses(self.pulse_counts(delta_w, mode=mode, threshold=threshold,
-                                                          generator=generator))
+        n = self.pulse_counts(delta_w, mode=mode, threshold=threshold, generator=generator)
+        self._n["updates"] += 1
+        return self._request(n)
 
     def pulse_train_counts(self, x: torch.Tensor, d: torch.Tensor, lr: float, *,
                            params: PulseTrainParams | None = None,
@@ -428,14 +476,11 @@ class DifferentialArray:
             raise ValueError(f"coincidence counts have shapes {tuple(n_up.shape)}, {tuple(n_down.shape)}; the array "
                              f"has shape {tuple(self.shape)}")
         self._n["updates"] += 1
-        dw = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
-        mixed = bool(((n_up > 0) & (n_down > 0)).any())
-        # no device with pulses of both signs (always so for one sample): one request with the same pulses
-        for n in ((n_up, -n_down) if mixed else (n_up - n_down,)):
-            if bool((n != 0).any()):
-                n_pos, n_neg = self._split(n)
-                dw = dw + self._fire(n_pos, n_neg, "pulses_program")
-        return dw
+        # mixed: some device has pulses of both signs (n_up > 0 and n_down > 0)
+        mixed = bool(torch.minimum(n_up, n_down).max() > 0)
+        if not mixed:  # always so for one sample: one request with the same pulses
+            return self._request(n_up - n_down)
+        return self._request(n_up) + self._request(-n_down)
 
     # ------------------------------------------------------------------ refresh
     def refresh(self, threshold: float, *, max_verify: int = 30, t: float | None = None) -> int:

@@ -69,7 +69,8 @@ from .cards import STEP_MODELS, DeviceCard
 __all__ = ["DeviceArray", "pulse_response"]
 
 SPARSE_FRACTION = 0.25
-"""``apply_pulses`` runs the device model on the pulsed devices only when at most this fraction is pulsed."""
+"""``apply_pulses`` runs the device model on the pulsed devices only when at most this fraction is pulsed (and
+``DifferentialArray`` programs the pulsed pairs only, by flat index, under the same bound)."""
 
 
 @lru_cache(maxsize=1)
@@ -124,6 +125,7 @@ class DeviceArray:
         self.read_count = 0
         self._g_app: torch.Tensor | None = None
         self._sample()
+        self._closed_ok = self._closed_form_check()  # decided for the whole array (subsets inherit it)
         self._gp = self._initial(g_init)
 
     def __repr__(self) -> str:
@@ -309,28 +311,74 @@ class DeviceArray:
             return torch.zeros_like(before)
         if idx.numel() <= SPARSE_FRACTION * self.numel:
             # few devices pulsed (small stochastic-rounding updates): run the model on those devices only
-            sub = self._subset(idx)
-            sub._gp = sub._advance(sub._gp, n_eff.reshape(-1)[idx], generator)
-            sub._write_noise(torch.ones(idx.numel(), dtype=torch.bool, device=self.device), generator)
-            gp = self._gp.clone()
-            gp.view(-1)[idx] = sub._gp
-            self._gp = gp
-            if sub._g_app is not None:
-                app = (self._gp if self._g_app is None else self._g_app).clone()
-                app.view(-1)[idx] = sub._g_app
-                self._g_app = app
-            return self.g - before
-        self._gp = self._advance(self._gp, n_eff, generator)
-        self._write_noise(n_eff != 0, generator)
+            self._advance_at(idx, n_eff.reshape(-1)[idx], generator)
+        else:
+            self._advance_dense(n_eff, generator)
         return self.g - before
 
+    def apply_pulses_at(self, idx: torch.Tensor, n: torch.Tensor,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """:meth:`apply_pulses` for sparse counts: ``n[i]`` pulses on the device of flat index ``idx[i]`` (``idx``:
+        distinct, ascending int64 indices into the flattened array; ``n``: integer counts, zeros allowed), none on
+        the others. Returns the realised change of ``g`` [S] at ``idx`` (shape of ``idx``). Same state, counters
+        and random draws as ``apply_pulses`` of the scattered counts, without a pass over the whole array except
+        the copies that replace the conductance tensors (never modified in place)."""
+        if idx.dim() != 1 or n.shape != idx.shape:
+            raise ValueError(f"idx {tuple(idx.shape)} and n {tuple(n.shape)}: two 1-D tensors of one length expected")
+        n = n.to(torch.int64)
+        pc = self.pulse_count
+        if not pc.is_contiguous():
+            self.pulse_count = pc = pc.contiguous()
+        pc.view(-1).index_add_(0, idx, n.abs())
+        live = n != 0
+        if self._any_stuck:
+            live &= ~self.stuck.reshape(-1).index_select(0, idx)
+        j = live.nonzero().squeeze(1)
+        out = torch.zeros(idx.shape, dtype=self.dtype, device=self.device)
+        if j.numel() == 0:
+            return out
+        sel, n_sel = idx.index_select(0, j), n.index_select(0, j)
+        before = self.g.reshape(-1).index_select(0, sel)
+        if j.numel() <= SPARSE_FRACTION * self.numel:
+            self._advance_at(sel, n_sel, generator)
+        else:  # as apply_pulses: the dense model path beyond SPARSE_FRACTION
+            n_eff = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
+            n_eff.view(-1).index_copy_(0, sel, n_sel)
+            self._advance_dense(n_eff, generator)
+        return out.index_copy_(0, j, self.g.reshape(-1).index_select(0, sel) - before)
+
+    def _advance_dense(self, n_eff: torch.Tensor, generator) -> None:
+        """Advance every device by ``n_eff`` (stuck devices already zeroed) and redraw the write noise of the pulsed
+        ones."""
+        self._gp = self._advance(self._gp, n_eff, generator)
+        self._write_noise(n_eff != 0, generator)
+
+    def _advance_at(self, idx: torch.Tensor, n_eff: torch.Tensor, generator) -> None:
+        """Advance the devices ``idx`` (flat, distinct, ascending, not stuck) by ``n_eff`` (nonzero): the model runs
+        on the gathered devices (:meth:`_subset`, random draws of their size), the result is scattered into copies
+        of the conductance tensors."""
+        sub = self._subset(idx)
+        sub._gp = sub._advance(sub._gp, n_eff, generator)
+        sub._write_noise(torch.ones(idx.numel(), dtype=torch.bool, device=self.device), generator)
+        gp = self._gp.clone()
+        gp.view(-1).index_copy_(0, idx, sub._gp)
+        self._gp = gp
+        if sub._g_app is not None:
+            app = (self._gp if self._g_app is None else self._g_app).clone()
+            app.view(-1).index_copy_(0, idx, sub._g_app)
+            self._g_app = app
+
+    # per-device tensors that the model of a subset does not read (counters, stuck masks, drift)
+    _NOT_IN_SUBSET = frozenset({"pulse_count", "stuck", "stuck_min", "stuck_max", "nu"})
+
     def _subset(self, idx: torch.Tensor) -> DeviceArray:
-        """A shallow copy holding only the devices ``idx`` (flat indices): every per-device tensor gathered."""
+        """A shallow copy holding only the devices ``idx`` (flat indices): every per-device tensor the model reads
+        gathered (counters, stuck masks and drift exponents are left out: the subset is only advanced)."""
         sub = object.__new__(DeviceArray)
         sub.__dict__.update(self.__dict__)
         for key, value in self.__dict__.items():
             if isinstance(value, torch.Tensor) and value.shape == self.shape:
-                sub.__dict__[key] = value.reshape(-1)[idx]
+                sub.__dict__[key] = None if key in self._NOT_IN_SUBSET else value.reshape(-1).index_select(0, idx)
         sub.shape = torch.Size((idx.numel(),))
         return sub
 
@@ -428,6 +476,11 @@ class DeviceArray:
         return torch.minimum(torch.maximum(g, self.g_min), self.g_max)
 
     def _closed_form_ok(self) -> bool:
+        """Whether the closed form applies, decided at construction for the whole array: a subset of its devices
+        (:meth:`_subset`) takes the same path as the whole array."""
+        return self._closed_ok
+
+    def _closed_form_check(self) -> bool:
         if self.model not in ("constant_step", "linear_step", "soft_bounds") or self.card.dw_min_std > 0:
             return False
         # the affine step maps must contract monotonically (0 < r <= 1)
