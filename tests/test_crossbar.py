@@ -689,3 +689,166 @@ def test_bad_input_is_refused_with_a_clear_error():
         PulseTrainParams(desired_bl=0)
     with pytest.raises(ValueError, match="non-finite"):
         L.set_weights(torch.full((3, 4), float("nan")))
+
+
+# --------------------------------------------------------------------------------------------- sparse programming
+def noise_free(card):
+    """The card without cycle-to-cycle / write noise (d2d spread, nonlinearity, bounds and stuck devices kept)."""
+    return replace(card, c2c_sigma=0.0, dw_min_std=0.0, dw_min_std_add=0.0, dw_min_std_slope=0.0, write_noise_std=0.0)
+
+
+def with_stuck(card):
+    return replace(card, stuck_at_min_frac=0.05, stuck_at_max_frac=0.05)
+
+
+SHAPE_SD = (40, 50)
+
+
+def _pair(card, policy="bidirectional", dtype=F64) -> DifferentialArray:
+    return DifferentialArray(card, SHAPE_SD, generator=gen(5), policy=policy, dtype=dtype,
+                             weights=rand_w(SHAPE_SD, seed=6, scale=0.4))
+
+
+def _sparse_counts(g: torch.Generator, frac: float, hi: int = 3) -> torch.Tensor:
+    return torch.randint(1, hi + 1, SHAPE_SD, generator=g) * (torch.rand(SHAPE_SD, generator=g) < frac)
+
+
+def _programming_sequence(A: DifferentialArray) -> list[torch.Tensor]:
+    """Requests of every kind, mostly sparse (a few % of the pairs pulsed), some dense; realised ΔW of each."""
+    g = gen(7)
+    out = []
+    for step in range(4):
+        req = A.dw * torch.randn(SHAPE_SD, generator=g, dtype=F64)
+        out.append(A.program(0.05 * req))  # stochastic rounding, ~4 % pulsed
+        out.append(A.program(0.5 * req, mode="deterministic"))  # ~ a third pulsed: the dense path
+        out.append(A.program(req * (torch.rand(SHAPE_SD, generator=g) < 0.03), mode="manhattan", threshold=0.1 * A.dw))
+        up, down = _sparse_counts(g, 0.03), _sparse_counts(g, 0.03)
+        out.append(A.fire_coincidences(up, down * (up == 0)))  # one request
+        out.append(A.fire_coincidences(up, down))  # mixed: two requests
+        n = _sparse_counts(g, 0.02) * torch.where(torch.rand(SHAPE_SD, generator=g) < 0.5, -1, 1)
+        out.append(A.apply_weight_pulses(n))
+        if step == 2:
+            A.refresh(0.2)
+    return out
+
+
+def _counters(A: DifferentialArray) -> dict:
+    return {**A.pulses_per_device(), "stats": A.stats(), "pos_count": A.pos.pulse_count,
+            "neg_count": A.neg.pulse_count}
+
+
+def _same_counters(a: dict, b: dict) -> bool:
+    return all(a[k] == b[k] if k == "stats" else torch.equal(a[k], b[k]) for k in a)
+
+
+def _force(monkeypatch, sparse: bool) -> None:
+    from neuromorph.devices import models
+    monkeypatch.setattr(models, "SPARSE_FRACTION", 1.0 if sparse else -1.0)
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("stuck", [False, True], ids=["", "stuck"])
+@pytest.mark.parametrize("policy", ["bidirectional", "unidirectional"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_sparse_programming_equals_the_dense_path_noise_free(preset, policy, stuck, dtype, monkeypatch):
+    """Programming the pulsed pairs only (flat indices) gives exactly the dense path's counters, conductances and
+    realised ΔW on a noise-free device (the noise-free version of every preset, stuck devices included)."""
+    card = noise_free(load_card(preset))
+    card = with_stuck(card) if stuck else card
+    res = {}
+    for sparse in (True, False):
+        _force(monkeypatch, sparse)
+        A = _pair(card, policy, dtype)
+        assert A.pos._deterministic()
+        dws = _programming_sequence(A)
+        res[sparse] = (A, torch.stack(dws), _counters(A))
+    (S, dws_s, cnt_s), (D, dws_d, cnt_d) = res[True], res[False]
+    assert _same_counters(cnt_s, cnt_d)
+    assert cnt_s["stats"]["pulses_program"] > 0
+    for dev_s, dev_d in ((S.pos, D.pos), (S.neg, D.neg)):
+        assert torch.equal(dev_s.g, dev_d.g) and torch.equal(dev_s.g_persistent, dev_d.g_persistent)
+    assert torch.equal(dws_s, dws_d)
+
+
+@pytest.mark.parametrize("stuck", [False, True], ids=["", "stuck"])
+@pytest.mark.parametrize("preset", PRESETS)
+def test_sparse_programming_of_noisy_devices(preset, stuck, monkeypatch):
+    """Noisy presets (their draws differ between the paths): the same counters, devices without pulses and stuck
+    devices unchanged, bounds respected, ΔW zero on pairs without pulses; over several requests of given counts
+    (unidirectional split: independent of the state) and for one bidirectional request."""
+    card = load_card(preset)
+    card = with_stuck(card) if stuck else card
+    for policy, steps in (("unidirectional", 5), ("bidirectional", 1)):
+        res = {}
+        for sparse in (True, False):
+            _force(monkeypatch, sparse)
+            A = _pair(card, policy)
+            g = gen(8)
+            for _ in range(steps):
+                before = [(dev, dev.g, dev.g_persistent, dev.pulse_count.clone()) for dev in (A.pos, A.neg)]
+                n = _sparse_counts(g, 0.04) * torch.where(torch.rand(SHAPE_SD, generator=g) < 0.5, -1, 1)
+                dw = A.apply_weight_pulses(n)
+                assert torch.equal(dw[n == 0], torch.zeros_like(dw[n == 0]))
+                for dev, g_before, gp_before, c_before in before:
+                    still = (dev.pulse_count == c_before) | dev.stuck
+                    assert bool((dev.pulse_count != c_before).any())  # the request reached this device
+                    assert torch.equal(dev.g[still], g_before[still])
+                    assert torch.equal(dev.g_persistent[still], gp_before[still])
+                    gp = dev.g_persistent
+                    assert bool(((gp >= dev.g_min) & (gp <= dev.g_max)).all())
+                    assert bool((dev.g >= 0).all())
+                    if dev.stuck.any():
+                        assert torch.equal(gp[dev.stuck_min], dev.g_min[dev.stuck_min])
+                        assert torch.equal(gp[dev.stuck_max], dev.g_max[dev.stuck_max])
+            res[sparse] = _counters(A)
+        assert _same_counters(res[True], res[False])
+        assert res[True]["stats"]["pulses_program"] > 0
+
+
+def test_sparse_requests_take_the_sparse_path_and_replace_the_conductance_tensors(monkeypatch):
+    """A request pulsing a few % of the pairs runs through ``apply_pulses_at`` (no dense device pass), a request
+    pulsing most of them through ``apply_pulses``; programming never modifies a conductance tensor in place (the
+    tiles cache ``G+ - G-`` keyed on the tensors), and a noise-free layer read sees the new weights."""
+    from neuromorph.devices import DeviceArray
+    calls = []
+    for meth in ("apply_pulses", "apply_pulses_at"):
+        orig = getattr(DeviceArray, meth)
+        monkeypatch.setattr(DeviceArray, meth, lambda self, *a, _o=orig, _m=meth, **k: calls.append(_m) or
+                            _o(self, *a, **k))
+    L = layer(load_card("ideal"), out_f=40, in_f=50, tile=(16, 16), seed=9)
+    A = L.array
+    L.set_weights(rand_w(SHAPE_SD, seed=10, scale=0.4))
+    x = torch.rand(3, 50, generator=gen(11), dtype=F64)
+    torch.testing.assert_close(L.forward(x), x @ A.weights().T, rtol=1e-12, atol=1e-12)
+    kept = [(dev.g, dev.g.clone()) for dev in (A.pos, A.neg)]
+    n = _sparse_counts(gen(12), 0.03) * torch.where(torch.rand(SHAPE_SD, generator=gen(13)) < 0.5, -1, 1)
+    dw = A.apply_weight_pulses(n)
+    assert calls and set(calls) == {"apply_pulses_at"}
+    torch.testing.assert_close(dw, n.double() * A.dw, rtol=0, atol=1e-12)
+    for dev, (old, copy) in zip((A.pos, A.neg), kept):
+        assert dev.g is not old and torch.equal(old, copy)
+    torch.testing.assert_close(L.forward(x), x @ A.weights().T, rtol=1e-12, atol=1e-12)
+    calls.clear()
+    A.apply_weight_pulses(torch.ones(SHAPE_SD, dtype=torch.int64))
+    assert "apply_pulses" in calls and "apply_pulses_at" not in calls
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_apply_pulses_at_equals_apply_pulses(preset, monkeypatch):
+    """``DeviceArray.apply_pulses_at`` (flat indices, zero counts allowed) = ``apply_pulses`` of the scattered counts:
+    the same conductances and pulse counts, the change returned at the indices; also when the pulsed devices exceed
+    ``SPARSE_FRACTION`` (its dense fallback). Noise-free version of every preset, with stuck devices."""
+    from neuromorph.devices import DeviceArray, models
+    card = with_stuck(noise_free(load_card(preset)))
+    g = gen(14)
+    idx = torch.randperm(SHAPE_SD[0] * SHAPE_SD[1], generator=g)[:300].sort().values
+    counts = torch.randint(-3, 4, (300,), generator=g)
+    full = torch.zeros(SHAPE_SD, dtype=torch.int64)
+    full.view(-1)[idx] = counts
+    for frac in (models.SPARSE_FRACTION, -1.0):
+        monkeypatch.setattr(models, "SPARSE_FRACTION", frac)
+        a, b = (DeviceArray(card, SHAPE_SD, generator=gen(15), dtype=F64, g_init="center") for _ in range(2))
+        dg_at = a.apply_pulses_at(idx, counts)
+        dg = b.apply_pulses(full)
+        assert torch.equal(a.g, b.g) and torch.equal(a.pulse_count, b.pulse_count)
+        assert torch.equal(dg_at, dg.view(-1)[idx]) and not bool(dg.view(-1)[idx][counts == 0].any())
