@@ -149,7 +149,9 @@ class HardwareTrainer:
         m = {"epoch": epoch + 1, "lr": lrs, "train_acc": correct / n, "train_loss": loss_sum / n,
              "train_nonconverged": bad / n, "test_acc": test["acc"], "test_loss": test["loss"],
              "test_nonconverged": test["nonconverged"], "train_time_s": train_time, "samples_per_s": n / train_time,
-             "pulses": after["pulses"] - before["pulses"], "refreshes": after["refreshes"] - before["refreshes"],
+             "pulses": after["pulses"] - before["pulses"],
+             "pulses_per_device": (after["pulses"] - before["pulses"]) / after["devices"],
+             "refreshes": after["refreshes"] - before["refreshes"],
              "reads": after["reads"] - before["reads"], "energy_J": after["energy_J"] - before["energy_J"],
              "saturated_fraction": after["saturated_fraction"], "settling_time_tau": settle_t / max(phases, 1),
              "solver_steps": steps / max(phases, 1)}
