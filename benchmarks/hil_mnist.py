@@ -12,7 +12,7 @@ learning rate ×0.5 / ×2.
 Results: ``benchmarks/results/hil_mnist.json`` (written after every run; a rerun skips finished runs) and
 ``benchmarks/results/hil_mnist.md`` (the tables).
 
-    python benchmarks/hil_mnist.py [--epochs 3] [--configs a.toml b.toml] [--devices ...] [--no-ablation]
+    python benchmarks/hil_mnist.py [--epochs 3] [--n-train 20000] [--configs ...] [--devices ...] [--no-ablation]
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ def _overrides(base, extra: list[str]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--n-train", type=int, default=20000, help="training images per epoch (0: all 60,000)")
     ap.add_argument("--configs", nargs="*", default=CONFIGS)
     ap.add_argument("--devices", nargs="*", default=DEVICES)
     ap.add_argument("--no-ablation", action="store_true")
@@ -97,6 +98,7 @@ def main() -> None:
         path = ROOT / "configs/hil" / f"{cfg_name}.toml"
         base = load_config(path)
         over = [f"train.epochs={args.epochs}", "train.progress=false", "output.checkpoint=false",
+                f"data.n_train={args.n_train}",
                 f'output.dir="{ROOT / "runs/bench/hil" / key.replace(" ", "_").replace("/", "_")}"']
         if device is not None:
             dev = str(fine) if device == "ideal_device" else device
