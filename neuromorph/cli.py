@@ -217,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .spice.cli import add_parsers as add_spice_parsers
 
     add_spice_parsers(sub)
+
+    from .sweep import add_parsers as add_sweep_parsers
+
+    add_sweep_parsers(sub)
     return p
 
 
