@@ -33,7 +33,7 @@ from .estimators import _rows, make_estimator
 from .hardware import HardwareNetwork, make_solver
 from .train import METRICS, Trainer, learning_rate
 
-__all__ = ["HardwareTrainer", "periphery_from_config", "compare"]
+__all__ = ["HardwareTrainer", "hardware_from_config", "periphery_from_config", "compare"]
 
 
 def periphery_from_config(cfg: RunConfig) -> Periphery:
@@ -41,6 +41,18 @@ def periphery_from_config(cfg: RunConfig) -> Periphery:
     return Periphery(dac_bits=h.dac_bits or None, v_read=h.v_read_volt, adc_bits=h.adc_bits or None,
                      adc_range=h.adc_range or None, adc_unit="w", r_row=h.r_row_ohm, r_col=h.r_col_ohm,
                      read_noise=h.read_noise)
+
+
+def hardware_from_config(cfg: RunConfig, net, periphery: Periphery | None = None) -> HardwareNetwork:
+    """The :class:`HardwareNetwork` of ``cfg.hardware`` for ``net`` (its weights mapped onto the arrays);
+    ``periphery`` overrides the config's (e.g. :meth:`Periphery.ideal` for a SPICE cross-check)."""
+    h = cfg.hardware
+    card = load_card(h.device)
+    return HardwareNetwork(net, card, periphery if periphery is not None else periphery_from_config(cfg),
+                           tile_size=(h.tile_rows, h.tile_cols), g0=h.g0_siemens or card.g_range / h.w_max,
+                           mapping=h.mapping, policy=h.policy, capacitance=h.capacitance_farad,
+                           activity_bits=h.activity_bits, read_time=h.read_time_s or None,
+                           reread_input=h.reread_input, generator=torch.Generator().manual_seed(h.seed))
 
 
 @dataclass
@@ -60,14 +72,11 @@ class HardwareTrainer:
         self.ref = Trainer(replace(cfg, output=replace(cfg.output, checkpoint=False)), dataset=self.dataset)
         self.dataset = self.ref.dataset
         h = cfg.hardware
-        gen = torch.Generator().manual_seed(h.seed)
-        card = load_card(h.device)
-        self.hw = HardwareNetwork(self.ref.net, card, periphery_from_config(cfg), tile_size=(h.tile_rows, h.tile_cols),
-                                  g0=h.g0_siemens or card.g_range / h.w_max, mapping=h.mapping,
-                                  policy=h.policy, capacitance=h.capacitance_farad, activity_bits=h.activity_bits,
-                                  read_time=h.read_time_s or None, reread_input=h.reread_input, generator=gen)
+        self.hw = hardware_from_config(cfg, self.ref.net)
         self.net = self.hw.net
-        self.solver = make_solver(h.solver, h.dt_tau, self.hw.tau, h.rtol, h.atol)
+        # Euler at dt = τ is the plain iteration (HardwareNetwork.settle_phase's fast path when solver is None)
+        euler_tau = h.solver == "euler" and h.dt_tau == 1.0
+        self.solver = None if euler_tau else make_solver(h.solver, h.dt_tau, self.hw.tau, h.rtol, h.atol)
         self.estimator = make_estimator(cfg.ep.estimator, cfg.ep.beta)
         self.out = Path(self.out or cfg.output.dir)
         self.history: list[dict] = []

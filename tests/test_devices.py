@@ -622,3 +622,12 @@ def test_sparse_pulse_path_equals_the_dense_one(name, monkeypatch):
     if arr._deterministic():
         torch.testing.assert_close(gs, gd, rtol=0, atol=1e-18)
         torch.testing.assert_close(dgs, dgd, rtol=0, atol=1e-18)
+
+
+def test_pulse_energy_is_the_cards_value_or_neurosims_v2gt_estimate():
+    card = load_card("ag_a_si")
+    g_mid = 0.5 * (card.g_min + card.g_max)
+    expected = 0.5 * (3.2**2 * g_mid * 300e-6 + 2.8**2 * g_mid * 300e-6)  # Cell.cpp write pulses
+    assert card.energy_per_pulse == 0 and card.pulse_energy == pytest.approx(expected, rel=1e-12)
+    assert replace(card, energy_per_pulse=2e-12).pulse_energy == 2e-12
+    assert load_card("ideal").pulse_energy == 0.0

@@ -221,8 +221,8 @@ def test_compare_cli_writes_table_curves_and_statistics(tmp_path, capsys):
     assert "| test accuracy (last epoch) |" in (out / "comparison.md").read_text()
     lines = (out / "hardware" / "metrics.jsonl").read_text().splitlines()
     m = json.loads(lines[-1])
-    for key in ("pulses", "pulses_per_device", "refreshes", "energy_J", "saturated_fraction", "settling_time_tau", "solver_steps",
-                "train_nonconverged"):
+    for key in ("pulses", "pulses_per_device", "refreshes", "energy_J", "saturated_fraction", "settling_time_tau",
+                "solver_steps", "train_nonconverged"):
         assert key in m
     rc = main(["compare", "--config", "configs/compare_digits.toml", "--device", "no_such_device", "--out", str(out)])
     assert rc == 2

@@ -65,7 +65,8 @@ Counters and energy
 -------------------
 Per device of each pair: potentiation and depression pulses (int64 tensors, :meth:`pulses_per_device`); totals of
 pulses, device reads, refreshes; energy ``E = energy_per_pulse · pulses + energy_per_read · reads`` [J] with the
-card's ``energy_per_pulse`` (per pulse per device) and ``energy_per_read`` (per device per read). Programming pulses
+card's ``pulse_energy`` (per pulse per device: ``energy_per_pulse``, or NeuroSim's ``V²·G·t`` estimate from the
+card's write pulses) and ``energy_per_read`` (per device per read). Programming pulses
 are counted when fired, including those that hit a bound or a stuck device; resets and :meth:`set_weights` use the
 devices' cost model (nominal steps traversed, ``DeviceArray.set_conductance``). An array read of a batch of ``B``
 inputs counts ``B`` reads of every device (both devices of each pair). :meth:`DifferentialArray.stats` returns them.
@@ -582,7 +583,7 @@ class DifferentialArray:
         ``pulses_g_pos``, ``pulses_g_neg``, ``pulses_program`` / ``pulses_refresh`` / ``pulses_set`` (by cause),
         ``reads`` (device reads; ``reads_refresh`` of them by refresh), ``refreshes`` (pairs refreshed),
         ``refresh_calls``, ``updates`` (programming requests), ``energy_J`` = ``energy_pulses_J`` +
-        ``energy_reads_J`` with ``energy_pulses_J = energy_per_pulse · pulses``, ``energy_reads_J = energy_per_read
+        ``energy_reads_J`` with ``energy_pulses_J = pulse_energy · pulses``, ``energy_reads_J = energy_per_read
         · reads``, ``energy_refresh_J`` (the part spent by refresh), ``representable_fraction`` (last
         :meth:`set_weights`), ``energy_per_pulse_J``, ``energy_per_read_J``."""
         tot = {k: _int_total(v) for k, v in self._cnt.items()}
@@ -591,7 +592,7 @@ class DifferentialArray:
         n = dict(self._n)
         pulses = sum(p.values())
         c = self.card
-        e_p = c.energy_per_pulse * pulses
+        e_p = c.pulse_energy * pulses
         e_r = c.energy_per_read * n["reads"]
         return {
             "pulses": pulses,
@@ -603,8 +604,8 @@ class DifferentialArray:
             "energy_pulses_J": e_p,
             "energy_reads_J": e_r,
             "energy_J": e_p + e_r,
-            "energy_refresh_J": c.energy_per_pulse * n["pulses_refresh"] + c.energy_per_read * n["reads_refresh"],
-            "energy_per_pulse_J": c.energy_per_pulse,
+            "energy_refresh_J": c.pulse_energy * n["pulses_refresh"] + c.energy_per_read * n["reads_refresh"],
+            "energy_per_pulse_J": c.pulse_energy,
             "energy_per_read_J": c.energy_per_read,
             "representable_fraction": self.last_representable_fraction,
         }

@@ -234,6 +234,19 @@ class DeviceCard:
         return self.dw_min * self.g_range
 
     @property
+    def pulse_energy(self) -> float:
+        """Energy of one programming pulse on one device [J]: ``energy_per_pulse`` when the card gives it, else
+        NeuroSim's estimate ``V² · G · t`` at the mid-range conductance ``(g_min + g_max)/2``, averaged over the
+        potentiation and depression pulses the card specifies (``write_voltage_*``, ``write_pulse_width_*``);
+        0 when the card has neither."""
+        if self.energy_per_pulse > 0:
+            return self.energy_per_pulse
+        g_mid = 0.5 * (self.g_min + self.g_max)
+        e = [v * v * g_mid * t for v, t in ((self.write_voltage_ltp, self.write_pulse_width_ltp),
+                                             (self.write_voltage_ltd, self.write_pulse_width_ltd)) if v and t]
+        return sum(e) / len(e) if e else 0.0
+
+    @property
     def w_range(self) -> float:
         return self.w_max - self.w_min
 

@@ -284,9 +284,9 @@ class DeviceArray:
         return None
 
     def energy(self) -> float:
-        """Energy spent so far [J]: pulses x energy_per_pulse + reads x devices x energy_per_read."""
+        """Energy spent so far [J]: pulses x pulse_energy + reads x devices x energy_per_read."""
         c = self.card
-        return float(self.pulse_count.sum().item()) * c.energy_per_pulse + self.read_count * self.numel * \
+        return float(self.pulse_count.sum().item()) * c.pulse_energy + self.read_count * self.numel * \
             c.energy_per_read
 
     # ------------------------------------------------------------------ programming

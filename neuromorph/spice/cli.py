@@ -11,12 +11,9 @@ __all__ = ["add_parsers"]
 
 def _setup(args, ideal_periphery: bool):
     """(config, hardware network, x (B, n0), y (B,)) of the config's data split, weights from a checkpoint."""
-    import torch
-
     from ..config import load_config
     from ..crossbar import Periphery
-    from ..hardware import HardwareNetwork
-    from ..hil import periphery_from_config
+    from ..hil import hardware_from_config
     from ..train import Trainer, load_checkpoint
 
     overrides = list(args.set or [])
@@ -27,11 +24,8 @@ def _setup(args, ideal_periphery: bool):
     net = ref.net
     if args.checkpoint:
         net.load_state_dict(load_checkpoint(args.checkpoint)["model"])
-    h = cfg.hardware
-    per = Periphery.ideal(v_read=h.v_read_volt) if ideal_periphery else periphery_from_config(cfg)
-    hw = HardwareNetwork(net, h.device, per, tile_size=(h.tile_rows, h.tile_cols), g0=h.g0_siemens or None,
-                         mapping=h.mapping, policy=h.policy, capacitance=h.capacitance_farad,
-                         generator=torch.Generator().manual_seed(h.seed))
+    per = Periphery.ideal(v_read=cfg.hardware.v_read_volt) if ideal_periphery else None
+    hw = hardware_from_config(cfg, net, per)
     x, y = (ref.x_test, ref.y_test) if args.split == "test" else (ref.x_train, ref.y_train)
     lo, n = args.sample, args.samples
     if not 0 <= lo < len(x):
