@@ -1,0 +1,62 @@
+"""Time of one training epoch: hardware-in-the-loop vs the ideal reference, same network, data and schedule.
+
+Alternates one epoch of the ideal reference (``Trainer.train_epoch``) and one of the hardware model
+(``HardwareTrainer.train_epoch``) ``--repeats`` times on MNIST (``--n-train`` images) and prints the median
+training time of each and their ratio, per device. Evaluation is not included (the same for both sides).
+
+    python benchmarks/hil_epoch_time.py [--config configs/hil/mnist_784_512_10_mse.toml] [--devices taox_hfox ...]
+
+Writes ``benchmarks/results/hil_epoch_time.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from neuromorph.config import load_config
+from neuromorph.hil import HardwareTrainer
+from neuromorph.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "configs/hil/mnist_784_512_10_mse.toml")
+    ap.add_argument("--devices", nargs="*", default=["taox_hfox", "ag_a_si", "pcmo", "reram_es"])
+    ap.add_argument("--n-train", type=int, default=20000)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    dataset = None
+    for dev in args.devices:
+        cfg = load_config(args.config, [f"data.n_train={args.n_train}", "train.progress=false",
+                                        "output.checkpoint=false", f'hardware.device="{dev}"',
+                                        f'output.dir="{ROOT / "runs/bench/hil_time"}"'])
+        ideal = Trainer(cfg, dataset=dataset)
+        dataset = ideal.dataset
+        hw = HardwareTrainer(cfg, dataset=dataset, out=ROOT / "runs/bench/hil_time/hw")
+        t_i, t_h = [], []
+        for r in range(args.repeats):
+            t_i.append(ideal.train_epoch(r)["train_time_s"])
+            t_h.append(hw.train_epoch(r)["train_time_s"])
+        mi, mh = statistics.median(t_i), statistics.median(t_h)
+        rows.append({"device": dev, "ideal_s": t_i, "hardware_s": t_h, "ideal_median_s": mi,
+                     "hardware_median_s": mh, "ratio": mh / mi})
+        print(f"{dev:>10}: ideal {mi:.2f} s/epoch  hardware {mh:.2f} s/epoch  ratio {mh / mi:.2f}x  "
+              f"(runs {[round(t, 2) for t in t_i]} / {[round(t, 2) for t in t_h]})", flush=True)
+    out = ROOT / "benchmarks/results/hil_epoch_time.json"
+    out.write_text(json.dumps({"config": str(args.config.relative_to(ROOT)), "n_train": args.n_train,
+                               "threads": args.threads, "rows": rows}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
