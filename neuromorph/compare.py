@@ -76,9 +76,6 @@ def ep_vs_bptt(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, T: int, K:
 def plot_ep_vs_bptt(result: dict, path: str | Path) -> Path:
     """One panel per weight layer: three components of ∇_BPTT(t) (solid) and of the one-sided
     (dashed) and symmetric (dotted) EP updates over the nudged steps t (the paper's Fig. 7)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     path = Path(path)

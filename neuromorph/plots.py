@@ -13,12 +13,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.lines import Line2D
 
 __all__ = ["Run", "read_run", "group_runs", "curve_summary", "plot_learning_curves", "plot_curves",
            "angle_summary", "plot_angles"]

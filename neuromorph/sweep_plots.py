@@ -18,12 +18,9 @@ import math
 import re
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator
 
 from .plots import _save  # noqa: E402
 from .sweep import read_results  # noqa: E402

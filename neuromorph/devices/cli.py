@@ -140,9 +140,6 @@ def plot_pulse_response(card: DeviceCard, out: str | Path, *, pulses: int = 0, d
                         seed: int = 0, label: str = "") -> list[Path]:
     """Write the pulse-response figure (PNG and SVG): noise-free curve, mean and +-1 sigma cycle-to-cycle band of
     ``devices`` repetitions of the nominal device, and a few devices with device-to-device variation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     if devices < 1:
