@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--configs", nargs="*", default=CONFIGS)
     ap.add_argument("--devices", nargs="*", default=DEVICES)
     ap.add_argument("--no-ablation", action="store_true")
+    ap.add_argument("--float64", nargs="*", default=[], metavar="CONFIG",
+                    help="also run the reference and the ideal device in float64 for these configs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", type=Path, default=OUT / "hil_mnist.json")
     args = ap.parse_args()
@@ -129,6 +131,9 @@ def main() -> None:
         ds = run(f"{cfg_name}/reference", cfg_name, None, [], None)
         for dev in args.devices:
             ds = run(f"{cfg_name}/{dev}", cfg_name, dev, [], ds)
+    for cfg_name in args.float64:
+        ds = run(f"{cfg_name}/reference float64", cfg_name, None, ["train.dtype=float64"], None)
+        run(f"{cfg_name}/ideal_device float64", cfg_name, "ideal_device", ["train.dtype=float64"], ds)
     if not args.no_ablation:
         first = args.configs[0]
         worst = min((d for d in args.devices if d != "ideal_device"),
@@ -157,14 +162,16 @@ def write_tables(results: dict, path: Path) -> None:
     lines = ["| config | device | test acc | gap (points) | pulses / epoch | energy / epoch | saturated | "
              "time / epoch (hw / ideal) |", "|---|---|---|---|---|---|---|---|"]
     for r in runs.values():
-        if r["device"] is None or r["extra"]:
+        f64 = r["extra"] == ["train.dtype=float64"]
+        if r["device"] is None or (r["extra"] and not f64):
             continue
-        ref = runs[f"{r['config']}/reference"]
+        ref = runs[f"{r['config']}/reference" + (" float64" if f64 else "")]
         h = r["history"]
         pulses = sum(m["pulses"] for m in h) / len(h)
         energy = _energy_per_epoch(r)
         ratio = r["train_time_per_epoch_s"] / ref["train_time_per_epoch_s"]
-        lines.append(f"| {r['config'].removeprefix('mnist_')} | {r['device']} | {100 * r['test_acc']:.2f} % "
+        lines.append(f"| {r['config'].removeprefix('mnist_')} | {r['device']}{' (float64)' if f64 else ''} | "
+                     f"{100 * r['test_acc']:.2f} % "
                      f"(ref {100 * ref['test_acc']:.2f} %) | {100 * (ref['test_acc'] - r['test_acc']):+.2f} | "
                      f"{pulses:.3g} | {energy:.3g} J | {100 * h[-1]['saturated_fraction']:.1f} % | "
                      f"{r['train_time_per_epoch_s']:.1f} s / {ref['train_time_per_epoch_s']:.1f} s = {ratio:.1f}x |")

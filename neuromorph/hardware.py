@@ -246,16 +246,17 @@ class HardwareNetwork:
         """Explicit Euler with ``dt = τ`` for ``steps`` steps, written as what it is: ``u ← z(σ̃(u))``.
 
         The same trajectory as :func:`~neuromorph.circuit.settle` with ``Euler(τ)`` (up to the rounding of
-        ``u + τ(z − u)/τ``), without its per-step bookkeeping. The residual is that of the last step,
-        ``max|u_T − u_{T−1}|`` per sample, as for the reference's relaxation.
+        ``u + τ(z − u)/τ``), without its per-step bookkeeping. The residual is that of the last step on the
+        activities, ``max|s_T − s_{T−1}|`` per sample, exactly the reference relaxation's residual (a node
+        driven past a rail keeps moving in ``u`` while its output stays clamped).
         """
         u = list(u0)
         s = f.state(u)
-        prev = u
+        prev = s
         for _ in range(steps):
-            prev, u = u, f.target(s)
-            s = f.state(u)
-        residual = torch.stack([(a - b).abs().flatten(1).amax(1) for a, b in zip(u, prev)]).amax(0)
+            u = f.target(s)
+            prev, s = s, f.state(u)
+        residual = torch.stack([(a - b).abs().flatten(1).amax(1) for a, b in zip(s, prev)]).amax(0)
         res = SettleResult(u, s, steps * self.tau, None, None, residual, steps, 0, steps, "t_end")
         return PhaseResult(s, u, res)
 
