@@ -181,13 +181,14 @@ def _fine_card(tmp_path):
     return path
 
 
-def test_hardware_in_the_loop_with_a_perfect_device_tracks_the_reference(tmp_path):
+@pytest.mark.parametrize("layers", ["[64,24,10]", "[64,32,24,10]"])
+def test_hardware_in_the_loop_with_a_perfect_device_tracks_the_reference(tmp_path, layers):
     """Same data order, initial weights and schedule: a perfect device (tiny pulse quantum, deterministic pulses,
     ideal periphery) and plain SGD give the reference's weights after an epoch, to the pulse quantum."""
     from neuromorph.train import Trainer
 
-    over = ["model.layers=[64,24,10]", "model.loss=xent", "train.epochs=1", "train.batch_size=40",
-            "train.momentum=0", "train.lr=[0.1,0.05]", "train.progress=false", "data.n_train=400", "data.n_test=100",
+    over = [f"model.layers={layers}", "model.loss=xent", "train.epochs=1", "train.batch_size=40",
+            "train.momentum=0", "train.lr=0.1", "train.progress=false", "data.n_train=400", "data.n_test=100",
             "ep.T=20", "ep.K=6", "ep.beta=0.5", "train.dtype=float64",
             f"hardware.device={json.dumps(str(_fine_card(tmp_path)))}",
             "hardware.update=deterministic", "hardware.read_noise=false", "output.checkpoint=false",
@@ -196,7 +197,7 @@ def test_hardware_in_the_loop_with_a_perfect_device_tracks_the_reference(tmp_pat
     ref = Trainer(cfg)
     init = [p.detach().clone() for p in ref.net.param_list()]
     hist = ref.fit(log=None)
-    assert max(float((p.detach() - q).abs().max()) for p, q in zip(ref.net.param_list(), init)) > 1e-2
+    assert max(float((p.detach() - q).abs().max()) for p, q in zip(ref.net.param_list(), init)) > 2e-3
     hwt = HardwareTrainer(cfg, dataset=ref.dataset, out=tmp_path / "hw")
     hhist = hwt.fit(log=None)
     n_updates = 10
