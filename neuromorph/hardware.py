@@ -275,7 +275,8 @@ class HardwareNetwork:
         Computed from the ADC-read steady states (:meth:`read_activities`), as an array computes it: for
         synapse ``k`` the rows are the phases' ``(pre, c_j·post)`` pairs (Eq. 24–29; the bias line's pre is
         the constant 1); VF (Eq. 34) pairs the nudged posts with the free pres for ``w^f`` and the free posts
-        with the nudged pres for ``w^b``; KP-VF (Eq. 37, dense) gives both arrays the EP rows. The read-out
+        with the nudged pres for ``w^b``; KP-VF (Eq. 37, dense) gives both arrays the EP rows. The symmetric
+        estimate is written in difference form (:meth:`_difference_rows`). The read-out
         (Eq. 28/29) pairs the nudged ``s_N`` with ``−r_j (ŷ_j − y)``, ``ŷ`` from the read-out array's logits.
         Returns ``{array name: (pre rows, post rows)}``.
         """
@@ -292,9 +293,13 @@ class HardwareNetwork:
         M = states[0].shape[0] // batch
         xf = self.net.flatten_input(x).reshape(batch, -1)
         rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        symmetric = plan.coef_free == 0.0 and len(plan.coefs) == 2 and plan.coefs[0] == -plan.coefs[1]
         for k, syn in enumerate(self.net.synapses):
             pre = xf.repeat(M, 1) if k == 0 else states[k - 1].reshape(M * batch, -1)
             post = states[k].reshape(M * batch, -1)
+            if symmetric:
+                rows.update(self._difference_rows(k, syn, pre, post, free, plan.coefs[0], batch, rule))
+                continue
             if rule == "vf" and k > 0:
                 pre_f = free[k - 1].reshape(batch, -1).repeat(M, 1)
                 rows[f"w{k + 1}"] = (self._with_one(pre_f, syn), coefs * post)
@@ -309,6 +314,32 @@ class HardwareNetwork:
             r = torch.tensor(plan.readout, dtype=dt, device=x.device).repeat_interleave(batch).unsqueeze(1)
             rows["w_out"] = (last, -r * err)
         return rows
+
+    def _difference_rows(self, k: int, syn: Dense, pre: torch.Tensor, post: torch.Tensor, free: State, c: float,
+                         batch: int, rule: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Rows of the symmetric rule in difference form: with ``a, b`` the posts and ``p, q`` the pres of the
+        ±β phases, ``c(a pᵀ − b qᵀ) = ½c[(a − b)(p + q)ᵀ + (a + b)(p − q)ᵀ]``. Same estimate; but fired as pulse
+        trains, the two contrastive terms no longer go to the devices as separate large pulse trains that must
+        cancel (they do not on an asymmetric device): every row now carries a difference of the phases. The
+        input is the same in both phases (``p − q = 0`` for synapse 1 and for the bias line). VF (Eq. 34) is
+        a difference already: ``(c(a − b), s_*^{pre})`` and ``(s_*^{post}, c(p − q))``."""
+        name = f"w{k + 1}"
+        a, b = post[:batch], post[batch:]
+        if rule == "vf" and k > 0:
+            p, q = pre[:batch], pre[batch:]
+            return {name: (self._with_one(free[k - 1].reshape(batch, -1), syn), c * (a - b)),
+                    f"{name}_back": (c * (p - q), free[k].reshape(batch, -1))}
+        out = {}
+        for key, with_bias in ((name, True), (f"{name}_back", False)):
+            if key.endswith("_back") and self.backward_arrays[k] is None:
+                continue
+            pp = self._with_one(pre, syn) if with_bias else pre
+            p, q = pp[:batch], pp[batch:]
+            if k == 0:  # the static input: p = q
+                out[key] = (p + q, 0.5 * c * (a - b))
+            else:
+                out[key] = (torch.cat([p + q, p - q]), torch.cat([0.5 * c * (a - b), 0.5 * c * (a + b)]))
+        return out
 
     def _with_one(self, pre: torch.Tensor, syn: Dense) -> torch.Tensor:
         return torch.cat([pre, self._ones(pre)], 1) if syn.bias else pre
