@@ -140,3 +140,23 @@ def test_shared_runner_rejects_command_injection(spice):
             sp.alter("vx_0", dc=math.nan)
         with pytest.raises(ValueError):
             sp.command("op; shell ls")
+
+
+def test_diode_clamp_output_stage_at_the_level_its_diodes_allow(spice):
+    """The real-diode output stage (nm_neuron_diode: a linear stage through 1 kΩ into two clamp diodes to 0 V and
+    to the rail) against the ideal clamp σ(u) = clamp(γu, 0, V_r): exact in the linear region (the diodes are
+    off: measured 1.6e-10 V), past the rails by the diodes' forward voltage (n = 0.05, Is = 1e-14 A: measured
+    30 mV), never more than 35 mV. The behavioural clamp is the one the export uses."""
+    from neuromorph.spice.netlist import library_path
+
+    deck = (f"diode clamp transfer\n.include {library_path()}\nvu u 0 dc 0\n"
+            "x1 u s sn nm_neuron_diode c=1e-12 g0=1e-6 gain=0.5 offset=0 vunit=0.2 rser=1e3\n"
+            ".dc vu -0.4 0.8 0.01\n.end\n")
+    r = run_batch(deck)
+    u, s = r["u"], r["s"]
+    ideal = np.clip(0.5 * u, 0.0, 0.2)
+    err = np.abs(s - ideal)
+    linear = (0.5 * u > 0.02) & (0.5 * u < 0.18)
+    assert err[linear].max() < 1e-6
+    assert err.max() < 0.035
+    assert 0.02 < s.max() - 0.2 < 0.035 and -0.035 < s.min() < -0.02  # the forward drop shows at both rails
