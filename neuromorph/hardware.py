@@ -211,16 +211,17 @@ class HardwareNetwork:
         drive = None if self.reread_input else self._fwd(0, x)
 
         def target(s: State) -> list[torch.Tensor]:
-            a = [self._fwd(0, x) if drive is None else drive] + [self._fwd(k, s[k - 1]) for k in range(1, n)]
+            # every a[k] is a fresh tensor (the held drive is copied), so the sums below run in place
+            a = [self._fwd(0, x) if drive is None else drive.clone()] + [self._fwd(k, s[k - 1]) for k in range(1, n)]
             for k in range(1, n):
-                a[k - 1] = a[k - 1] + self._fb(k, s[k])
+                a[k - 1].add_(self._fb(k, s[k]))
             if nudged:
                 if self.readout_array is None:
-                    a[-1] = a[-1] + beta_col * (yo - s[-1])
+                    a[-1].addcmul_(beta_col, yo - s[-1])
                 else:
                     y_hat = torch.softmax(self.logits(s), -1)
-                    a[-1] = a[-1] + self.readout_array.transpose(beta_col * (yo - y_hat), t=self.read_time)
-            return [(ak * g + o).view(-1, *shape) for ak, shape in zip(a, net.state_shapes)]
+                    a[-1].add_(self.readout_array.transpose(beta_col * (yo - y_hat), t=self.read_time))
+            return [ak.mul_(g).add_(o).view(-1, *shape) for ak, shape in zip(a, net.state_shapes)]
 
         return NodeField(target, net.act.unit_fn, self.tau)
 
