@@ -20,6 +20,7 @@ from typing import Any
 
 from .activations import ACTIVATIONS
 from .estimators import ESTIMATORS, PRECISIONS, RULES
+from .hardware import SOLVERS, UPDATE_MODES
 from .network import LOSSES
 
 __all__ = ["ConfigError", "ModelConfig", "EPConfig", "TrainConfig", "DataConfig", "OutputConfig", "HardwareConfig",
@@ -212,8 +213,6 @@ class OutputConfig:
     checkpoint: bool = True
 
 
-SOLVER_NAMES = ("euler", "heun", "rk4", "bosh3", "dopri5")
-UPDATE_NAMES = ("stochastic_rounding", "deterministic", "manhattan", "pulse_train")
 
 
 @dataclass(frozen=True)
@@ -273,8 +272,8 @@ class HardwareConfig:
     def __post_init__(self):
         _choice("hardware.mapping", self.mapping, ("min", "symmetric"))
         _choice("hardware.policy", self.policy, ("bidirectional", "unidirectional"))
-        _choice("hardware.update", self.update, UPDATE_NAMES)
-        _choice("hardware.solver", self.solver, SOLVER_NAMES)
+        _choice("hardware.update", self.update, UPDATE_MODES)
+        _choice("hardware.solver", self.solver, SOLVERS)
         for name in ("tile_rows", "tile_cols"):
             _check(f"hardware.{name}", getattr(self, name) >= 1, getattr(self, name), "an integer >= 1")
         for name in ("dac_bits", "adc_bits", "activity_bits"):

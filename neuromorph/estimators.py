@@ -29,7 +29,7 @@ from .network import Dense, LayeredNetwork
 
 __all__ = ["Estimator", "OneSided", "RandomSign", "Symmetric", "Plan", "EPResult", "ep_gradients",
            "combine_phi_grads", "vector_field_grads", "make_estimator", "ESTIMATORS", "RULES", "check_rule",
-           "PRECISIONS"]
+           "PRECISIONS", "stack_phases"]
 
 
 @dataclass(frozen=True)
@@ -277,15 +277,20 @@ def _to_dtype(dtype, free: RelaxResult, nudged: RelaxResult, masks, masksJ):
     return res(free), res(nudged), ms(masks), ms(masksJ)
 
 
+def stack_phases(free_state, nudged_state, plan: Plan, batch: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The states the estimate combines and their ``(rows, 1)`` coefficient column: the nudged phases, preceded
+    by the free phase when its coefficient is not zero (one-sided and random-sign estimates)."""
+    coefs = _rows(plan.coefs, batch, nudged_state[0])
+    if plan.coef_free == 0.0:
+        return list(nudged_state), coefs
+    free_c = torch.full((batch, 1), plan.coef_free, dtype=coefs.dtype, device=coefs.device)
+    return [torch.cat([f, s]) for f, s in zip(free_state, nudged_state)], torch.cat([free_c, coefs])
+
+
 def estimate_from_states(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, free_state, nudged_state,
                          plan: Plan, batch: int, rule: str = "ep") -> list[torch.Tensor]:
     """Loss gradients ``−∇̂`` from a free state and phase-stacked nudged states (Eq. 24–29, 33–37)."""
-    coefs = _rows(plan.coefs, batch, nudged_state[0])
-    if plan.coef_free != 0.0:
-        states = [torch.cat([f, s]) for f, s in zip(free_state, nudged_state)]
-        coefs = torch.cat([torch.full((batch, 1), plan.coef_free, dtype=coefs.dtype, device=coefs.device), coefs])
-    else:
-        states = nudged_state
+    states, coefs = stack_phases(free_state, nudged_state, plan, batch)
     if rule == "ep":
         est = combine_phi_grads(net, x, states, coefs, batch)
     else:

@@ -39,7 +39,7 @@ from .circuit import RK4, Bosh3, Dopri5, Euler, FixedTime, Heun, NodeField, Sett
 from .crossbar import CrossbarLayer, Periphery
 from .crossbar.periphery import quantise
 from .devices import DeviceCard, load_card
-from .estimators import Plan, check_rule
+from .estimators import Plan, check_rule, stack_phases
 from .network import Dense, LayeredNetwork
 
 __all__ = ["HardwareNetwork", "PhaseResult", "SOLVERS", "UPDATE_MODES", "make_solver"]
@@ -286,11 +286,7 @@ class HardwareNetwork:
         free, nudged = self.read_activities(free), self.read_activities(nudged)
         dt = free[0].dtype
         J = len(plan.betas)
-        coefs = torch.tensor(plan.coefs, dtype=dt, device=x.device).repeat_interleave(batch).unsqueeze(1)
-        states = nudged
-        if plan.coef_free != 0.0:
-            states = [torch.cat([f, s]) for f, s in zip(free, nudged)]
-            coefs = torch.cat([torch.full((batch, 1), plan.coef_free, dtype=dt, device=x.device), coefs])
+        states, coefs = stack_phases(free, nudged, plan, batch)
         M = states[0].shape[0] // batch
         xf = self.net.flatten_input(x).reshape(batch, -1)
         rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -596,27 +596,26 @@ def run_sweep(sweep: Sweep, out: str | Path, *, workers: int | None = None, ray_
                     f"{res.get('wall_s') or 0:.1f}s")
 
         by_id = {r.run_id: r for r in todo}
-        if not todo:
-            pass
-        elif ray_address:
-            _run_ray(todo, ray_address, workers, threads_per_run, db, done)
-        elif (workers or os.cpu_count() or 1) <= 1:
-            for spec in todo:
-                db.mark_running([spec.run_id])
-                done(run_task(spec.task(threads_per_run)))
-        else:
-            n = min(workers or os.cpu_count() or 1, len(todo))
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(threads_per_run,)) as pool:
-                db.mark_running([s.run_id for s in todo])
-                futures = {pool.submit(run_task, s.task(threads_per_run)): s for s in todo}
-                for fut in as_completed(futures):
-                    try:
-                        res = fut.result()
-                    except Exception as e:  # noqa: BLE001 - a worker that died: the run failed
-                        res = _failed(futures[fut], e)
-                    done(res)
+        if todo:  # a finished sweep (nothing left to run) only reports
+            if ray_address:
+                _run_ray(todo, ray_address, workers, threads_per_run, db, done)
+            elif (workers or os.cpu_count() or 1) <= 1:
+                for spec in todo:
+                    db.mark_running([spec.run_id])
+                    done(run_task(spec.task(threads_per_run)))
+            else:
+                n = min(workers or os.cpu_count() or 1, len(todo))
+                ctx = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
+                                         initargs=(threads_per_run,)) as pool:
+                    db.mark_running([s.run_id for s in todo])
+                    futures = {pool.submit(run_task, s.task(threads_per_run)): s for s in todo}
+                    for fut in as_completed(futures):
+                        try:
+                            res = fut.result()
+                        except Exception as e:  # noqa: BLE001 - a worker that died: the run failed
+                            res = _failed(futures[fut], e)
+                        done(res)
         counts["wall_s"] = time.perf_counter() - t0
         if log:
             log(f"sweep {sweep.name}: {counts['ran']} runs in {counts['wall_s']:.1f}s ({counts['failed']} failed); "
