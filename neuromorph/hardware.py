@@ -159,12 +159,13 @@ class HardwareNetwork:
         """Copy the programmed weights ``(G+ − G−)/g0`` (no read noise) into the shadow network's parameters."""
         per, ro, back = self.net._split(None)
         for k, syn in enumerate(self.net.synapses):
-            w = self.forward_arrays[k].weights()
+            arr = self.forward_arrays[k]
             if syn.bias:
-                per[k][0].copy_(w[:, :-1])
-                per[k][1].copy_(w[:, -1])
-            else:
+                w, b = arr.weight_parts()  # computed once per programmed state, reused by the exact reads
                 per[k][0].copy_(w)
+                per[k][1].copy_(b)
+            else:
+                per[k][0].copy_(arr.weights())
             if back[k] is not None:
                 back[k].copy_(self.backward_arrays[k].weights())
         if ro is not None:
@@ -176,15 +177,15 @@ class HardwareNetwork:
 
     def _fwd(self, k: int, pre: torch.Tensor) -> torch.Tensor:
         pre = pre.reshape(pre.shape[0], -1)
-        if self.net.synapses[k].bias:
-            pre = torch.cat([pre, self._ones(pre)], 1)
-        return self.forward_arrays[k].forward(pre, t=self.read_time)
+        return self.forward_arrays[k].forward(pre, t=self.read_time, bias_line=self.net.synapses[k].bias)
 
-    def _fb(self, k: int, post: torch.Tensor) -> torch.Tensor:
-        """Current fed back into layer ``k − 1`` by synapse ``k`` (transpose read; bias line dropped)."""
-        arr = self.backward_arrays[k] if self.backward_arrays[k] is not None else self.forward_arrays[k]
-        out = arr.transpose(post, t=self.read_time)
-        return out[:, : self.net.synapses[k].n_pre]
+    def _fb(self, k: int, post: torch.Tensor, plus: torch.Tensor | None = None) -> torch.Tensor:
+        """Current fed back into layer ``k − 1`` by synapse ``k`` (transpose read; bias line not sensed), added
+        to ``plus`` (the node's other currents) when given."""
+        if self.backward_arrays[k] is not None:
+            return self.backward_arrays[k].transpose(post, t=self.read_time, plus=plus)
+        return self.forward_arrays[k].transpose(post, t=self.read_time, bias_line=self.net.synapses[k].bias,
+                                                plus=plus)
 
     def logits(self, state: State) -> torch.Tensor:
         """Output: ``s_N`` (squared error) or the read-out array's forward read ``w_out s_N`` (ADC)."""
@@ -211,10 +212,13 @@ class HardwareNetwork:
         drive = None if self.reread_input else self._fwd(0, x)
 
         def target(s: State) -> list[torch.Tensor]:
-            # every a[k] is a fresh tensor (the held drive is copied), so the sums below run in place
-            a = [self._fwd(0, x) if drive is None else drive.clone()] + [self._fwd(k, s[k - 1]) for k in range(1, n)]
+            # node k sums its forward current with the feedback of synapse k + 1 (one fused read); every a[k] ends
+            # a fresh tensor (the held drive is read from, never written), so what follows runs in place
+            a = [self._fwd(0, x) if drive is None else drive] + [self._fwd(k, s[k - 1]) for k in range(1, n)]
             for k in range(1, n):
-                a[k - 1].add_(self._fb(k, s[k]))
+                a[k - 1] = self._fb(k, s[k], plus=a[k - 1])
+            if n == 1 and drive is not None:
+                a[0] = drive.clone()
             if nudged:
                 if self.readout_array is None:
                     a[-1].addcmul_(beta_col, yo - s[-1])
@@ -361,9 +365,11 @@ class HardwareNetwork:
     @torch.no_grad()
     def apply_update(self, rows: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int, lrs: Sequence[float], *,
                      mode: str = "stochastic_rounding", leakage: float = 0.0, threshold: float = 0.0,
-                     refresh_threshold: float = 0.0, shared: set[str] = frozenset()) -> dict[str, torch.Tensor]:
-        """Program ``ΔW = lr (Σ_r post_r pre_rᵀ / B − λ W)`` into every array; returns the realised ``ΔW`` per
-        array (before any refresh).
+                     refresh_threshold: float = 0.0, shared: set[str] = frozenset(),
+                     realised: bool = False) -> dict[str, torch.Tensor] | None:
+        """Program ``ΔW = lr (Σ_r post_r pre_rᵀ / B − λ W)`` into every array; with ``realised=True`` returns the
+        realised ``ΔW`` per array (before any refresh), else ``None`` (the training loop's case: no dense
+        tensors of the changes are built).
 
         ``mode`` (:data:`UPDATE_MODES`): ``"stochastic_rounding"`` / ``"deterministic"`` / ``"manhattan"`` turn
         the request into pulse counts per device (:meth:`CrossbarLayer.program`); ``"pulse_train"`` fires
@@ -379,31 +385,36 @@ class HardwareNetwork:
         arrays = self.arrays()
         if set(rows) != set(arrays):
             raise ValueError(f"update rows for {sorted(rows)} but the arrays are {sorted(arrays)}")
-        counts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        realised = {}
+        for name, (pre, post) in rows.items():
+            if not (bool(torch.isfinite(pre).all()) and bool(torch.isfinite(post).all())):
+                raise ValueError(f"the update rows of {name} contain non-finite values")
+        counts: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
+        out = {}
         for name, arr in arrays.items():
             pre, post = rows[name]
             lr = lr_of[name]
             da = arr.array
             before = arr.weights() if leakage else None
-            if name in shared:
-                up, down = counts[name.removesuffix("_back")]
+            if name in shared:  # the forward array's pulses, bias line excluded
                 n_in = da.shape[1]
-                up, down = up[:, :n_in], down[:, :n_in]
+                c = counts[name.removesuffix("_back")]
+                c = tuple(t[:, :n_in] for t in c) if isinstance(c, tuple) else c[:, :n_in]
             elif mode == "pulse_train":
-                up, down = da.pulse_train_counts(pre, post, lr / batch)
-            else:
-                n = da.pulse_counts(post.t() @ pre * (lr / batch), mode=mode, threshold=threshold)
-                up, down = n.clamp(min=0), (-n).clamp(min=0)
-            counts[name] = (up, down)
-            dw = da.fire_coincidences(up, down)
+                c = da.pulse_train_counts(pre, post, lr / batch)
+            else:  # the request in nominal steps, scaled once
+                req = (post.t() @ pre).mul_(lr / (batch * da.dw))
+                c = da.round_request(req, mode=mode, threshold=threshold / da.dw)
+            counts[name] = c
+            dw = da.fire_coincidences(*c) if isinstance(c, tuple) else da.apply_weight_pulses(c, realised=realised)
             if leakage:
-                dw = dw + da.program(-lr * leakage * before)
+                dw_leak = da.program(-lr * leakage * before)
+                dw = dw + dw_leak if realised else None
             if refresh_threshold > 0:
                 arr.refresh(refresh_threshold)
-            realised[name] = dw
+            if realised:
+                out[name] = dw
         self.sync_shadow()
-        return realised
+        return out if realised else None
 
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:

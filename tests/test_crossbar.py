@@ -77,11 +77,16 @@ def layer(card, out_f=7, in_f=10, periphery=None, tile=(4, 3), seed=0, **kw) -> 
 
 
 # --------------------------------------------------------------------------------------------- perfect reads
+# an ADC that never clips: numerically ideal, but the reads go through the per-tile partial sums (no exact read)
+WIDE_ADC = Periphery.ideal(adc_range=1e6)
+
+
+@pytest.mark.parametrize("path", ["exact", "tiles"])
 @pytest.mark.parametrize("tile", TILES, ids=lambda t: f"{t[0]}x{t[1]}")
 @pytest.mark.parametrize("preset", PRESETS)
-def test_perfect_reads_equal_float_products(preset, tile):
+def test_perfect_reads_equal_float_products(preset, tile, path):
     card = quiet(load_card(preset))
-    L = layer(card, tile=tile)
+    L = layer(card, tile=tile, periphery=WIDE_ADC if path == "tiles" else None)
     L.set_weights(rand_w((7, 10)))
     W = L.weights()
     x = torch.randn(5, 10, generator=gen(1), dtype=F64)
@@ -91,6 +96,41 @@ def test_perfect_reads_equal_float_products(preset, tile):
     # unbatched inputs, and the adjoint identity <y, W x> = <Wᵀ y, x> of the same conductances
     assert torch.allclose(L.forward(x[0]), W @ x[0], rtol=0, atol=1e-12)
     assert abs(float((y * L.forward(x)).sum() - (L.transpose(y) * x).sum())) < 1e-11
+
+
+@pytest.mark.parametrize("preset", ["ideal", "taox_hfox", "reram_es"])
+def test_exact_reads_and_bias_line_match_the_tiled_reads_and_follow_programming(preset):
+    """The exact read (ideal periphery, noise-free read: ``W x`` with ``W`` cached per programmed state) equals
+    the per-tile read of the same devices; a bias line held at 1 equals the concatenated input; after programming
+    the cache follows the new conductances; reads are counted the same on both paths."""
+    card = quiet(load_card(preset))
+    exact, tiled = (layer(card, tile=(4, 3), periphery=p) for p in (None, WIDE_ADC))
+    for L in (exact, tiled):
+        L.set_weights(rand_w((7, 10)))
+    x = torch.rand(5, 9, generator=gen(1), dtype=F64)
+    y = torch.randn(5, 7, generator=gen(2), dtype=F64)
+    x1 = torch.cat([x, torch.ones(5, 1, dtype=F64)], 1)
+    for step in range(2):
+        W = exact.weights()
+        assert torch.equal(W, tiled.weights())
+        for L in (exact, tiled):
+            assert torch.allclose(L.forward(x, bias_line=True), x1 @ W.T, rtol=0, atol=1e-13)
+            assert torch.allclose(L.forward(x1), x1 @ W.T, rtol=0, atol=1e-13)
+            assert torch.allclose(L.transpose(y, bias_line=True), (y @ W)[:, :-1], rtol=0, atol=1e-13)
+        w_main, w_last = exact.weight_parts()
+        assert torch.equal(w_main, W[:, :-1]) and torch.equal(w_last, W[:, -1])
+        exact.weights().add_(1.0)  # weights() is a copy: the cache is untouched
+        assert torch.equal(exact.weights(), W)
+        dw = 0.1 * rand_w((7, 10), seed=5 + step)
+        for L in (exact, tiled):
+            L.program(dw, mode="deterministic")
+        assert not torch.equal(exact.weights(), W)  # programmed: the next reads see the new state
+    assert exact.stats()["reads"] == tiled.stats()["reads"] > 0
+    # a noisy read is not exact: fresh noise every read, not the cached product
+    noisy = layer(replace(card, read_noise_std=0.01), tile=(4, 3), periphery=Periphery.ideal(read_noise=True))
+    noisy.set_weights(rand_w((7, 10)))
+    a, b = noisy.forward(x, bias_line=True), noisy.forward(x, bias_line=True)
+    assert not torch.equal(a, b) and torch.allclose(a, x1 @ noisy.weights().T, atol=0.5)
 
 
 @pytest.mark.parametrize("tile", TILES, ids=lambda t: f"{t[0]}x{t[1]}")
@@ -805,10 +845,11 @@ def test_sparse_programming_of_noisy_devices(preset, stuck, monkeypatch):
         assert res[True]["stats"]["pulses_program"] > 0
 
 
-def test_sparse_requests_take_the_sparse_path_and_replace_the_conductance_tensors(monkeypatch):
+def test_sparse_requests_take_the_sparse_path_and_write_the_pulsed_devices_in_place(monkeypatch):
     """A request pulsing a few % of the pairs runs through ``apply_pulses_at`` (no dense device pass), a request
-    pulsing most of them through ``apply_pulses``; programming never modifies a conductance tensor in place (the
-    tiles cache ``G+ - G-`` keyed on the tensors), and a noise-free layer read sees the new weights."""
+    pulsing most of them through ``apply_pulses``; the sparse path writes the conductance tensors in place, moving
+    their ``_version`` (the tiles cache ``G+ - G-`` and ``W`` keyed on the tensors and versions), and a noise-free
+    layer read (the exact path) sees the new weights."""
     from neuromorph.devices import DeviceArray
     calls = []
     for meth in ("apply_pulses", "apply_pulses_at"):
@@ -820,17 +861,51 @@ def test_sparse_requests_take_the_sparse_path_and_replace_the_conductance_tensor
     L.set_weights(rand_w(SHAPE_SD, seed=10, scale=0.4))
     x = torch.rand(3, 50, generator=gen(11), dtype=F64)
     torch.testing.assert_close(L.forward(x), x @ A.weights().T, rtol=1e-12, atol=1e-12)
-    kept = [(dev.g, dev.g.clone()) for dev in (A.pos, A.neg)]
+    kept = [(dev.g, dev.g.clone(), dev.g._version) for dev in (A.pos, A.neg)]
     n = _sparse_counts(gen(12), 0.03) * torch.where(torch.rand(SHAPE_SD, generator=gen(13)) < 0.5, -1, 1)
     dw = A.apply_weight_pulses(n)
     assert calls and set(calls) == {"apply_pulses_at"}
     torch.testing.assert_close(dw, n.double() * A.dw, rtol=0, atol=1e-12)
-    for dev, (old, copy) in zip((A.pos, A.neg), kept):
-        assert dev.g is not old and torch.equal(old, copy)
+    for dev, (old, copy, version) in zip((A.pos, A.neg), kept):
+        assert dev.g is old and dev.g._version > version and not torch.equal(dev.g, copy)
     torch.testing.assert_close(L.forward(x), x @ A.weights().T, rtol=1e-12, atol=1e-12)
     calls.clear()
     A.apply_weight_pulses(torch.ones(SHAPE_SD, dtype=torch.int64))
     assert "apply_pulses" in calls and "apply_pulses_at" not in calls
+
+
+@pytest.mark.parametrize("path", ["sparse", "sparse, many chunks", "dense"])
+def test_stochastic_rounding_of_small_requests_is_exact_bernoulli_per_device(path, monkeypatch):
+    """Requests below ``SPARSE_ROUNDING`` steps are rounded by thinning a Bernoulli(p) process of candidates
+    (geometric gaps) instead of a uniform per device: each device must still get ``sign · Bernoulli(|req|)``,
+    independently of its neighbours in the flattened array. Same statistics as the dense path, and when the
+    candidate draws come in many short chunks."""
+    from neuromorph.crossbar import pairs
+    if path == "dense":
+        monkeypatch.setattr(pairs, "SPARSE_ROUNDING", -1.0)
+    if path == "sparse, many chunks":
+        monkeypatch.setattr(pairs, "_GAP_MARGIN", -8.0)  # every chunk falls short: the loop must go on
+    A = DifferentialArray(load_card("ideal"), (20, 30), generator=gen(30), dtype=F64)
+    req = (torch.rand(20, 30, generator=gen(31), dtype=F64) * 0.4 - 0.2)
+    req[0, :5] = 0.0  # zero requests never pulse
+    req[1, 0] = 0.2  # the largest request: candidates are kept with probability 1
+    R = 4000
+    n = torch.stack([A.round_request(req.clone()) for _ in range(R)]).to(F64)  # (R, 20, 30)
+    assert set(n.unique().tolist()) <= {-1.0, 0.0, 1.0}
+    assert torch.all(n * torch.sign(req) >= 0)  # a pulse always has the sign of its request
+    assert torch.all(n[:, 0, :5] == 0)
+    p = req.abs()
+    se = torch.sqrt(p * (1 - p) / R).clamp(min=1e-12)
+    z = (n.mean(0) - req) / se
+    assert float(z[p > 0].abs().max()) < 5.0
+    assert abs(float(z[p > 0].mean())) < 0.2  # no bias overall (600 entries)
+    # independence of neighbours in the flattened array (what the geometric gaps could correlate)
+    f = (n - n.mean(0)).reshape(R, -1)
+    cov = (f[:, :-1] * f[:, 1:]).mean(0)
+    corr = cov / (f[:, :-1].std(0) * f[:, 1:].std(0)).clamp(min=1e-12)
+    ok = (p.reshape(-1)[:-1] > 0.05) & (p.reshape(-1)[1:] > 0.05)
+    assert abs(float(corr[ok].mean())) < 4 / math.sqrt(R * int(ok.sum()))
+    assert float(corr[ok].abs().max()) < 6 / math.sqrt(R)
 
 
 @pytest.mark.parametrize("preset", PRESETS)

@@ -119,11 +119,12 @@ def test_update_realises_the_request_within_one_pulse_on_the_ideal_device():
     rows = hw.outer_products(x, y, free.state, nudged, plan, "ep")
     before = {k: a.weights().clone() for k, a in hw.arrays().items()}
     lr = 0.5
-    hw.apply_update(rows, B, [lr], mode="deterministic")
+    realised = hw.apply_update(rows, B, [lr], mode="deterministic", realised=True)
     for name, arr in hw.arrays().items():
         pre, post = rows[name]
         request = lr * post.t() @ pre / B
         dw = arr.array.dw
+        torch.testing.assert_close(realised[name], arr.weights() - before[name], rtol=0, atol=1e-12)
         err = (arr.weights() - before[name] - request).abs().max()
         assert float(err) <= 0.5 * dw + 1e-12, name
         assert float(request.abs().max()) > 5 * dw  # the request spans several pulses: a real test
@@ -168,6 +169,14 @@ def test_hardware_refuses_what_it_cannot_map():
         hw.apply_update({}, 1, [0.1], mode="sgd")
     with pytest.raises(ValueError, match="2 learning rates for 3 layers"):
         hw.lr_of([0.1, 0.2])
+    free, nudged, plan = _phases(hw, x, y, Symmetric(0.5))
+    rows = hw.outer_products(x, y, free.state, nudged, plan, "ep")
+    pre, post = rows["w2"]
+    rows["w2"] = (pre, post.clone().fill_(float("nan")))
+    before = {k: a.weights() for k, a in hw.arrays().items()}
+    with pytest.raises(ValueError, match="update rows of w2 contain non-finite values"):
+        hw.apply_update(rows, x.shape[0], [0.1])
+    assert all(torch.equal(a.weights(), before[k]) for k, a in hw.arrays().items())  # nothing programmed
     with pytest.raises(ValueError, match="activity_bits"):
         HardwareNetwork(LayeredNetwork([4, 3, 2]), "ideal", activity_bits=-1)
 

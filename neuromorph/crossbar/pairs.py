@@ -46,12 +46,16 @@ Each device receives pulses of a single direction per request (the split never b
 device), so each request is one :meth:`DeviceArray.apply_pulses` call per device array. When at most
 ``SPARSE_FRACTION`` (:mod:`neuromorph.devices.models`) of the pairs get pulses, the usual case of a small
 stochastic-rounding update, a request works on the flat indices of the pulsed pairs only (split, counters, device
-models via :meth:`DeviceArray.apply_pulses_at`, realised ``ΔW``), with the same results. Programming never modifies
-a conductance tensor in place: it replaces them (the tiles cache ``G+ - G-`` keyed on those tensors).
+models via :meth:`DeviceArray.apply_pulses_at`, realised ``ΔW``), with the same results; the pulsed devices are then
+written in place (the tiles cache ``G+ - G-`` keyed on the conductance tensors and their ``_version``).
 
 Pulse counts from update requests (:meth:`DifferentialArray.program`)
 ---------------------------------------------------------------------
-* ``"stochastic_rounding"``: ``n = floor(ΔW/dw + u)``, ``u ~ U[0, 1)``: ``E[n] dw = ΔW`` (unbiased).
+* ``"stochastic_rounding"``: ``n = floor(ΔW/dw + u)``, ``u ~ U[0, 1)``: ``E[n] dw = ΔW`` (unbiased). When every
+  request is below ``SPARSE_ROUNDING`` steps (``p = max |ΔW/dw|``; training updates on coarse devices are mostly
+  far below one step), the same independent draws ``n_ij = sign · Bernoulli(|ΔW_ij/dw|)`` are sampled without a
+  uniform per device: candidates form a Bernoulli(``p``) process over the flattened array (geometric gaps), each
+  kept with probability ``|ΔW_ij/dw| / p`` (thinning): about ``2 p N`` random numbers instead of ``N``.
 * ``"deterministic"``: ``n = round(ΔW/dw)`` (half to even).
 * ``"manhattan"``: sign only, one pulse per pair where ``|ΔW| > threshold``: ``n = sign(ΔW)``.
 * :meth:`DifferentialArray.program_outer` (``"pulse_train"``): aihwkit's stochastic pulse trains, see its
@@ -88,7 +92,38 @@ __all__ = ["DifferentialArray", "PulseTrainParams", "pulse_train_scales", "MAPPI
 MAPPINGS = ("min", "symmetric")
 POLICIES = ("bidirectional", "unidirectional")
 PROGRAM_MODES = ("stochastic_rounding", "deterministic", "manhattan")
+SPARSE_ROUNDING = 0.25
+"""Stochastic rounding samples only the pulsed devices when every request is below this many steps."""
+_COUNT_DTYPES = (torch.int32, torch.int64)
+_GAP_MARGIN = 6.0  # candidate draws per chunk: mean + _GAP_MARGIN standard deviations (more chunks if short)
 
+
+
+def _sparse_stochastic_rounding(req: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """Stochastic rounding of requests with ``|req| <= p < 1`` (module docstring): int32 counts in ``{-1, 0, 1}``,
+    ``P(n_ij = sign(req_ij)) = |req_ij|``, independent across devices, from about ``2 p N`` random numbers."""
+    flat = req.reshape(-1)
+    N = flat.numel()
+    n = torch.zeros(N, dtype=torch.int32, device=req.device)
+    if p <= 0.0:
+        return n.view(req.shape)
+    log_q = math.log1p(-p)
+    mean = N * p
+    chunks, last = [], -1
+    while last < N - 1:  # geometric gaps P(g = k) = (1 - p)^(k-1) p, k >= 1: a Bernoulli(p) process's successes
+        m = max(int(mean + _GAP_MARGIN * math.sqrt(mean)), 0) + 16
+        v = 1.0 - torch.rand(m, generator=gen, dtype=torch.float64, device=gen.device)  # in (0, 1]
+        pos = torch.floor(torch.log(v) / log_q).to(torch.int64).add_(1).cumsum_(0).add_(last).to(req.device)
+        chunks.append(pos[pos < N])
+        last = int(pos[-1])
+        mean = max((N - 1 - last) * p, 0.0)
+    cand = torch.cat(chunks)
+    r = flat.index_select(0, cand)
+    keep = torch.rand(cand.numel(), generator=gen, dtype=torch.float64, device=gen.device).to(req.device) * p \
+        < r.abs().to(torch.float64)
+    idx = cand[keep]
+    n.index_copy_(0, idx, torch.sign(r[keep]).to(torch.int32))
+    return n.view(req.shape)
 
 @dataclass(frozen=True)
 class PulseTrainParams:
@@ -305,7 +340,7 @@ class DifferentialArray:
         (else 0); ``G+`` gets ``|n| - k`` if ``n > 0`` else ``-k``; ``G-`` gets ``|n| - k`` if ``n < 0`` else ``-k``.
         """
         if self.policy == "unidirectional":
-            return n.clamp(min=0), (-n).clamp(min=0)
+            return n.clamp(min=0).to(torch.int64), (-n).clamp(min=0).to(torch.int64)
         # written without torch.where (slow on some CPU builds): G+ gets relu(n) - k, G- gets relu(-n) - k
         if idx is None:
             d = self.pos.g - self.neg.g
@@ -351,28 +386,32 @@ class DifferentialArray:
             self._n[kind] += fired
         return out
 
-    def _request(self, n: torch.Tensor, kind: str = "pulses_program") -> torch.Tensor:
+    def _request(self, n: torch.Tensor, kind: str = "pulses_program", realised: bool = True) -> torch.Tensor | None:
         """Fire one request of signed pulse counts ``n`` (weight direction, shape of the array) through the pair
         policy; returns the realised ΔW. When at most ``SPARSE_FRACTION`` of the pairs get pulses (the usual
         training update), everything after one ``nonzero`` works on those pairs only: the split (it needs
         ``G+ - G-`` there only), the counters (``index_add_``), the device models (``apply_pulses_at``) and the
-        realised ΔW (scattered into zeros). Otherwise the dense path: the same results."""
-        n = n.to(torch.int64)
+        realised ΔW (scattered into zeros; ``realised=False``: not built, ``None`` returned). Otherwise the dense
+        path: the same results."""
+        n = n if n.dtype in _COUNT_DTYPES else n.to(torch.int64)
         flat = n.reshape(-1)
-        pulsed = int(flat.count_nonzero())  # cheap on int64 (no nonzero() when dense)
+        pulsed = int(flat.count_nonzero())  # cheap on integers (no nonzero() when dense)
         if pulsed > _models.SPARSE_FRACTION * self.numel:
             n_pos, n_neg = self._split(n)
             return self._fire(n_pos, n_neg, kind)
-        out = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+        out = torch.zeros(self.shape, dtype=self.dtype, device=self.device) if realised else None
         if pulsed:
             idx = flat.nonzero().squeeze(1)
             n_pos, n_neg = self._split(flat.index_select(0, idx), idx)
-            out.view(-1).index_copy_(0, idx, self._fire_at(idx, n_pos, n_neg, kind))
+            dw = self._fire_at(idx, n_pos, n_neg, kind)
+            if realised:
+                out.view(-1).index_copy_(0, idx, dw)
         return out
 
-    def apply_weight_pulses(self, n: torch.Tensor) -> torch.Tensor:
+    def apply_weight_pulses(self, n: torch.Tensor, *, realised: bool = True) -> torch.Tensor | None:
         """Fire signed pulse counts ``n`` in weight direction (``+1`` = one nominal step ``+dw``) through the pair
-        policy. Returns the realised ``ΔW`` (weight units)."""
+        policy. Returns the realised ``ΔW`` (weight units); ``realised=False``: ``None`` (on a sparse request this
+        saves building a dense tensor of zeros)."""
         n = torch.as_tensor(n, device=self.device)
         if n.shape != self.shape:
             raise ValueError(f"pulse counts have shape {tuple(n.shape)}, the array has shape {tuple(self.shape)}")
@@ -380,7 +419,7 @@ class DifferentialArray:
             if not torch.equal(n, torch.round(n)):
                 raise ValueError("pulse counts must be integers")
         self._n["updates"] += 1
-        return self._request(n.to(torch.int64))
+        return self._request(n if n.dtype in _COUNT_DTYPES else n.to(torch.int64), realised=realised)
 
     def pulse_counts(self, delta_w: torch.Tensor, *, mode: str = "stochastic_rounding", threshold: float = 0.0,
                      generator: torch.Generator | None = None) -> torch.Tensor:
@@ -388,20 +427,30 @@ class DifferentialArray:
         if mode not in PROGRAM_MODES:
             allowed = ", ".join(PROGRAM_MODES)
             raise ValueError(f"mode = {mode!r}: allowed modes are {allowed} (and program_outer for 'pulse_train')")
+        if mode == "manhattan" and not threshold >= 0:
+            raise ValueError(f"threshold = {threshold!r}: must be >= 0 (weight units)")
         dw = self._check_w(delta_w, "delta_W")
+        n = self.round_request(dw / self.dw, mode=mode, threshold=threshold / self.dw, generator=generator)
+        return n.to(torch.int64)
+
+    def round_request(self, req: torch.Tensor, *, mode: str = "stochastic_rounding", threshold: float = 0.0,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+        """:meth:`pulse_counts` of a checked request ``req`` given in nominal steps (``ΔW / dw``, shape of the
+        array, finite; ``threshold`` in steps too); ``req`` may be overwritten. Returns integer counts: int32
+        (half the memory traffic of int64 in the update loop) unless a request reaches 2^31 steps."""
         if mode == "manhattan":
-            if not threshold >= 0:
-                raise ValueError(f"threshold = {threshold!r}: must be >= 0 (weight units)")
-            return torch.where(dw.abs() > threshold, torch.sign(dw), 0).to(torch.int64)
-        req = dw / self.dw
+            return torch.where(req.abs() > threshold, torch.sign(req), 0).to(torch.int32)
+        p = float(req.abs().max())
+        dtype = torch.int32 if p < 2.0 ** 31 - 2 else torch.int64
         if mode == "deterministic":
-            return torch.round(req).to(torch.int64)
+            return torch.round(req).to(dtype)
         gen = generator or self.generator
+        if p <= SPARSE_ROUNDING:
+            return _sparse_stochastic_rounding(req, p, gen)
         u = torch.rand(self.shape, generator=gen, dtype=req.dtype, device=gen.device).to(self.device)
-        fl = torch.floor(req)
-        # floor + (u < fraction) added in floating point (exact: a fraction > 0 needs |floor| < 2^mantissa bits),
-        # one conversion to int64 (an int64 + bool sum is slow on CPU)
-        return fl.add_(u.lt_(req.sub_(fl))).to(torch.int64)
+        # floor(req + u) = floor(req) + 1 with probability frac(req): stochastic rounding in two passes. The sum
+        # rounds to the float grid at |req + u|, so the probability is exact to 2^-24·max(1, |req|) in float32
+        return req.add_(u).floor_().to(dtype)
 
     def program(self, delta_w: torch.Tensor, *, mode: str = "stochastic_rounding", threshold: float = 0.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:

@@ -27,6 +27,15 @@ by nodal analysis (:mod:`.irdrop`; the exact solver's LU factorisation is cached
 reused for the whole batch and both directions).
 
 With a perfect device and :meth:`Periphery.ideal` the reads equal ``W x`` and ``Wᵀ y`` to float precision.
+
+Exact reads
+-----------
+When the periphery is ideal (no DAC/ADC quantisation or clipping, no line resistance) and a read returns the
+programmed conductance tensors themselves (no read noise, no drift at the read time), the read *is* ``W x`` with
+``W = (G+ - G-)/g0``: the layer then multiplies by ``W``, cached per programmed state (the devices replace their
+conductance tensors or write them in place, so the cache is keyed by the tensors and their ``_version``), instead
+of scaling to volts and back. Same reads counted, same result up to rounding. A bias line (the last input line held
+at 1, ``bias_line=True``) is then an ``addmm`` instead of a concatenated input.
 """
 
 from __future__ import annotations
@@ -165,7 +174,9 @@ class CrossbarLayer:
         self.tiles = [CrossbarTile((a, b), slice(b * self.cols, min((b + 1) * self.cols, out_features)),
                                    slice(a * self.rows, min((a + 1) * self.rows, in_features)), periphery)
                       for a in range(self.n_in_tiles) for b in range(self.n_out_tiles)]
-        self._gd_key: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._cache: tuple[torch.Tensor, torch.Tensor, tuple[int, int], dict[str, torch.Tensor]] | None = None
+        p = periphery
+        self._ideal_periphery = p.dac_bits is None and p.adc_bits is None and p.adc_range is None and not p.ir_drop
         self._calls = {"forward_calls": 0, "transpose_calls": 0, "forward_samples": 0, "transpose_samples": 0}
 
     def __repr__(self) -> str:
@@ -216,27 +227,47 @@ class CrossbarLayer:
         return p.adc(torch.bmm(vp, gb), self.g0).sum(0)
 
     # ------------------------------------------------------------------ reads
-    def _difference(self, gp: torch.Tensor, gn: torch.Tensor) -> torch.Tensor:
-        """``G+ − G-`` [S], reused while a noise-free read returns the same programmed conductance tensors (the
-        devices replace, never modify, their conductance tensors when programmed)."""
-        key = self._gd_key
-        if key is not None and key[0] is gp and key[1] is gn:
-            return key[2]
-        gd = gp - gn
-        self._gd_key = (gp, gn, gd)
-        return gd
+    def _derived(self, gp: torch.Tensor, gn: torch.Tensor, what: str) -> torch.Tensor:
+        """``G+ - G-`` [S] (``"gd"``), ``W = (G+ - G-)/g0`` (``"w"``), its contiguous columns but the last
+        (``"w_main"``) and its last column (``"w_last"``), computed once per programmed state: reused while reads
+        return the same conductance tensors, unmodified (programming replaces them or writes them in place, which
+        moves their ``_version``)."""
+        c = self._cache
+        version = (gp._version, gn._version)
+        if c is None or c[0] is not gp or c[1] is not gn or c[2] != version:
+            c = self._cache = (gp, gn, version, {})
+        d = c[3]
+        if what not in d:
+            if what == "gd":
+                d[what] = gp - gn
+            elif what == "w":
+                d[what] = self._derived(gp, gn, "gd") / self.g0
+            else:
+                w = self._derived(gp, gn, "w")
+                d["w_main"], d["w_last"] = w[:, :-1].contiguous(), w[:, -1].contiguous()
+        return d[what]
 
-    def _read(self, u: torch.Tensor, forward: bool, t: float | None) -> torch.Tensor:
-        """One read of the array from the input side (``forward``) or the output side, in weight units."""
-        n_in, n_out = (self.in_features, self.out_features) if forward else (self.out_features, self.in_features)
+    def _read(self, u: torch.Tensor, forward: bool, t: float | None, bias_line: bool = False,
+              plus: torch.Tensor | None = None) -> torch.Tensor:
+        """One read of the array from the input side (``forward``) or the output side, in weight units.
+        ``bias_line``: the last input line is held at 1 (forward: ``u`` lacks it; transpose: its output dropped).
+        ``plus``: a (batch, out) tensor added to the result (a node summing this read with other currents)."""
+        n_in = (self.in_features - bias_line) if forward else self.out_features
         u, single = self._as_batch(u, n_in, "x" if forward else "y")
-        v = self.periphery.dac(u)
         gp, gn = self.read_conductances(u.shape[0], t)
         kind = "forward" if forward else "transpose"
         self._calls[f"{kind}_calls"] += 1
         self._calls[f"{kind}_samples"] += u.shape[0]
+        if self._ideal_periphery and gp is self.array.pos.g and gn is self.array.neg.g:
+            out = self._exact(u, gp, gn, forward, bias_line, plus)  # module docstring: exact reads
+            return out[0] if single else out
+        if bias_line and forward:
+            u = torch.cat([u, torch.ones(u.shape[0], 1, dtype=u.dtype, device=u.device)], 1)
+        n_out = self.out_features if forward else self.in_features
+        v = self.periphery.dac(u)
         if not self.periphery.ir_drop:
-            i = self._partial_sums(v, self._difference(gp, gn), self.rows if forward else self.cols, forward=forward)
+            i = self._partial_sums(v, self._derived(gp, gn, "gd"), self.rows if forward else self.cols,
+                                   forward=forward)
         else:
             i = torch.zeros(u.shape[0], n_out, dtype=self.dtype, device=self.device)
             for tile in self.tiles:
@@ -244,24 +275,47 @@ class CrossbarLayer:
                 currents = tile.forward_currents if forward else tile.transpose_currents
                 i[:, dst] += self.periphery.adc(currents(v[:, src], gp, gn), self.g0)
         out = i / self.amps_per_weight_unit
+        if bias_line and not forward:
+            out = out[:, :-1]
+        if plus is not None:
+            out = out + plus
         return out[0] if single else out
 
-    def forward(self, x: torch.Tensor, *, t: float | None = None) -> torch.Tensor:
+    def _exact(self, u: torch.Tensor, gp: torch.Tensor, gn: torch.Tensor, forward: bool, bias_line: bool,
+               plus: torch.Tensor | None) -> torch.Tensor:
+        w = self._derived(gp, gn, "w_main" if bias_line else "w")
+        w = w.T if forward else w
+        if bias_line and forward:
+            last = self._derived(gp, gn, "w_last")
+            plus = last if plus is None else plus + last
+        return u @ w if plus is None else torch.addmm(plus, u, w)
+
+    def forward(self, x: torch.Tensor, *, t: float | None = None, bias_line: bool = False) -> torch.Tensor:
         """``y = W x`` through DACs, the devices (read noise, drift at ``t`` [s]), IR drop and per-tile ADCs.
-        ``x``: (B, in) or (in,); returns (B, out) or (out,) in weight units."""
-        return self._read(x, True, t)
+        ``x``: (B, in) or (in,); returns (B, out) or (out,) in weight units. ``bias_line=True``: ``x`` has
+        ``in - 1`` columns and the last input line is held at 1 (``W [x; 1]``)."""
+        return self._read(x, True, t, bias_line)
 
     __call__ = forward
 
-    def transpose(self, y: torch.Tensor, *, t: float | None = None) -> torch.Tensor:
+    def transpose(self, y: torch.Tensor, *, t: float | None = None, bias_line: bool = False,
+                  plus: torch.Tensor | None = None) -> torch.Tensor:
         """``x' = Wᵀ y`` through the output-side drivers, the same devices, IR drop and per-tile ADCs on the input
-        lines. ``y``: (B, out) or (out,); returns (B, in) or (in,) in weight units."""
-        return self._read(y, False, t)
+        lines. ``y``: (B, out) or (out,); returns (B, in) or (in,) in weight units (``in - 1`` with
+        ``bias_line=True``: the bias line's current is not sensed). ``plus``: added to the result (a node that
+        sums this read with other currents; one fused product on the exact path)."""
+        return self._read(y, False, t, bias_line, plus)
 
     # ------------------------------------------------------------------ weights and programming
     def weights(self) -> torch.Tensor:
-        """Programmed weights ``(G+ - G-)/g0`` (out, in) (no read noise, no read counted)."""
-        return self.array.weights()
+        """Programmed weights ``(G+ - G-)/g0`` (out, in) (no read noise, no read counted); a new tensor."""
+        return self._derived(self.array.pos.g, self.array.neg.g, "w").clone()
+
+    def weight_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``weights()`` split into its columns but the last and its last column (a bias line), without copies:
+        the cached tensors of the programmed state, read-only."""
+        g = (self.array.pos.g, self.array.neg.g)
+        return self._derived(*g, "w_main"), self._derived(*g, "w_last")
 
     def weights_to_conductances(self, w: torch.Tensor, **kw):
         return self.array.weights_to_conductances(w, **kw)

@@ -93,6 +93,13 @@ def _u_of_labels(nl: torch.Tensor) -> torch.Tensor:
     return (torch.sign(nl.to(torch.float64)) * val).to(nl.dtype)
 
 
+
+def _scatter(g: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``g`` with ``g.flat[idx] = values``, written in place when ``g`` is contiguous (else into a copy)."""
+    g = g if g.is_contiguous() else g.contiguous()
+    g.view(-1).index_copy_(0, idx, values)
+    return g
+
 class DeviceArray:
     """An array of devices of one card. See the module docstring for the equations.
 
@@ -304,15 +311,16 @@ class DeviceArray:
         ``g`` [S]. Stuck devices receive (and count) the pulses but do not change."""
         n = self._as_counts(n)
         self.pulse_count += n.abs()
-        before = self.g  # never modified in place: programming replaces the tensors
         n_eff = torch.where(self.stuck, torch.zeros_like(n), n) if self._any_stuck else n
         idx = n_eff.reshape(-1).nonzero().squeeze(1)
         if idx.numel() == 0:
-            return torch.zeros_like(before)
+            return torch.zeros_like(self.g)
         if idx.numel() <= SPARSE_FRACTION * self.numel:
             # few devices pulsed (small stochastic-rounding updates): run the model on those devices only
+            before = self.g.clone()  # the sparse path writes the pulsed devices in place
             self._advance_at(idx, n_eff.reshape(-1)[idx], generator)
         else:
+            before = self.g  # the dense path replaces the tensors
             self._advance_dense(n_eff, generator)
         return self.g - before
 
@@ -322,7 +330,7 @@ class DeviceArray:
         distinct, ascending int64 indices into the flattened array; ``n``: integer counts, zeros allowed), none on
         the others. Returns the realised change of ``g`` [S] at ``idx`` (shape of ``idx``). Same state, counters
         and random draws as ``apply_pulses`` of the scattered counts, without a pass over the whole array except
-        the copies that replace the conductance tensors (never modified in place)."""
+        the writes of the pulsed devices (in place: the tensors' ``_version`` moves, see :meth:`_advance_at`)."""
         if idx.dim() != 1 or n.shape != idx.shape:
             raise ValueError(f"idx {tuple(idx.shape)} and n {tuple(n.shape)}: two 1-D tensors of one length expected")
         n = n.to(torch.int64)
@@ -355,18 +363,16 @@ class DeviceArray:
 
     def _advance_at(self, idx: torch.Tensor, n_eff: torch.Tensor, generator) -> None:
         """Advance the devices ``idx`` (flat, distinct, ascending, not stuck) by ``n_eff`` (nonzero): the model runs
-        on the gathered devices (:meth:`_subset`, random draws of their size), the result is scattered into copies
-        of the conductance tensors."""
+        on the gathered devices (:meth:`_subset`, random draws of their size), the result is scattered into the
+        conductance tensors in place (no copy of the array per update; readers that cache what they derive from
+        ``g`` key it on the tensor and its ``_version``, which every in-place write moves)."""
         sub = self._subset(idx)
         sub._gp = sub._advance(sub._gp, n_eff, generator)
         sub._write_noise(torch.ones(idx.numel(), dtype=torch.bool, device=self.device), generator)
-        gp = self._gp.clone()
-        gp.view(-1).index_copy_(0, idx, sub._gp)
-        self._gp = gp
+        self._gp = _scatter(self._gp, idx, sub._gp)
         if sub._g_app is not None:
-            app = (self._gp if self._g_app is None else self._g_app).clone()
-            app.view(-1).index_copy_(0, idx, sub._g_app)
-            self._g_app = app
+            app = self._g_app if self._g_app is not None else self._gp.clone()
+            self._g_app = _scatter(app, idx, sub._g_app)
 
     # per-device tensors that the model of a subset does not read (counters, stuck masks, drift)
     _NOT_IN_SUBSET = frozenset({"pulse_count", "stuck", "stuck_min", "stuck_max", "nu"})
