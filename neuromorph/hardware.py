@@ -60,6 +60,9 @@ def make_solver(name: str, dt: float, tau: float, rtol: float = 1e-4, atol: floa
     return {"bosh3": Bosh3, "dopri5": Dopri5}[name](rtol=rtol, atol=atol, dt0=dt * tau, dt_max=dt * tau)
 
 
+_REST_NODE = {"clamp01": 0.0, "tanh": 0.0, "sigmoid": -40.0}  # HardwareNetwork.rest_state
+
+
 @dataclass
 class PhaseResult:
     """A settled phase: activities ``state``, node values ``u`` and the solver's report."""
@@ -229,17 +232,27 @@ class HardwareNetwork:
 
         return NodeField(target, net.act.unit_fn, self.tau)
 
+    def rest_state(self, batch: int) -> State:
+        """Node values of the reset circuit, from which a free phase starts: their activities are the reference's
+        ``s_0 = 0`` (Algorithm 1). ``u = 0`` for the clamping and tanh output stages; a sigmoid stage reaches 0
+        only at ``u = −∞``, so its node is reset to its lower rail ``u = −40`` (``σ = 4·10⁻¹⁸``). Starting
+        a sigmoid network from ``u = 0`` instead (``s = 1/2``) leads the phases of a multistable network to other
+        fixed points than the reference's."""
+        rest = _REST_NODE[self.net.act.unit]
+        return [torch.full((batch, *sh), rest, dtype=self.net.dtype, device=self.net.device)
+                for sh in self.net.state_shapes]
+
     @torch.no_grad()
     def settle_phase(self, x: torch.Tensor, u0: State | None, steps: int, *, y=None, beta=0.0, solver=None,
                      tol: float | None = None) -> PhaseResult:
-        """Settle one phase for ``steps·τ`` seconds at most (from ``u0``; ``None``: the zero state).
+        """Settle one phase for ``steps·τ`` seconds at most (from ``u0``; ``None``: :meth:`rest_state`).
 
         ``solver`` defaults to explicit Euler with ``dt = τ``; ``tol`` (weight units, on ``max|z − u|``) stops
         early at a steady state, otherwise the phase runs exactly ``steps·τ`` (the reference's T or K steps).
         """
         f = self.field(x, y, beta)
         if u0 is None:
-            u0 = self.net.zero_state(x.shape[0])
+            u0 = self.rest_state(x.shape[0])
         if solver is None and tol is None:
             return self._euler_tau(f, u0, steps)
         solver = solver if solver is not None else Euler(self.tau)

@@ -39,10 +39,14 @@ def _max_diff(a, b):
     return max(float((p - q).abs().max()) for p, q in zip(a, b))
 
 
-@pytest.mark.parametrize("loss,uni", [("mse", False), ("xent", False), ("xent", True)])
-def test_euler_with_dt_tau_is_the_discrete_iteration(loss, uni):
-    """ARCHITECTURE.md §2: with ideal devices and periphery, Euler at dt = τ reproduces the reference to 1e-12."""
-    hw, ref, x, y = make(loss, uni)
+@pytest.mark.parametrize("loss,uni,act", [("mse", False, "half_hard_sigmoid"), ("xent", False, "half_hard_sigmoid"),
+                                         ("xent", True, "half_hard_sigmoid"), ("mse", False, "sigmoid4"),
+                                         ("xent", True, "sigmoid4"), ("mse", False, "tanh")])
+def test_euler_with_dt_tau_is_the_discrete_iteration(loss, uni, act):
+    """ARCHITECTURE.md §2: with ideal devices and periphery, Euler at dt = τ reproduces the reference to 1e-12, from
+    the reset circuit (activities at the reference's s_0 = 0, also for a sigmoid stage) through both phases."""
+    hw, ref, x, y = make(loss, uni, act=act)
+    assert all(float(s.abs().max()) < 1e-17 for s in (hw.net.act.unit_fn(u) for u in hw.rest_state(3)))
     free_ref = relax(ref, ref.input_drive(x), ref.zero_state(x.shape[0]), 25)
     free = hw.settle_phase(x, None, 25)
     assert _max_diff(free.state, free_ref.state) < 1e-12

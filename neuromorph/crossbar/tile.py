@@ -128,6 +128,9 @@ class CrossbarTile:
         return self._grid(gp, gn, zeros, w, "transpose")
 
 
+_CALL_KEYS = {True: ("forward_calls", "forward_samples"), False: ("transpose_calls", "transpose_samples")}
+
+
 def _check_tile_size(tile_size: Sequence[int]) -> tuple[int, int]:
     try:
         rows, cols = tile_size
@@ -194,6 +197,9 @@ class CrossbarLayer:
         return self.array.g0 * self.periphery.volts_per_input
 
     def _as_batch(self, x, n: int, name: str) -> tuple[torch.Tensor, bool]:
+        if type(x) is torch.Tensor and x.dim() == 2 and x.shape[1] == n and x.dtype == self.dtype \
+                and x.device == self.device:
+            return x, False  # the solvers' case, checked in one line
         x = torch.as_tensor(x, device=self.device)
         single = x.dim() == 1
         x = x.unsqueeze(0) if single else x
@@ -255,9 +261,9 @@ class CrossbarLayer:
         n_in = (self.in_features - bias_line) if forward else self.out_features
         u, single = self._as_batch(u, n_in, "x" if forward else "y")
         gp, gn = self.read_conductances(u.shape[0], t)
-        kind = "forward" if forward else "transpose"
-        self._calls[f"{kind}_calls"] += 1
-        self._calls[f"{kind}_samples"] += u.shape[0]
+        calls, samples = _CALL_KEYS[forward]
+        self._calls[calls] += 1
+        self._calls[samples] += u.shape[0]
         if self._ideal_periphery and gp is self.array.pos.g and gn is self.array.neg.g:
             out = self._exact(u, gp, gn, forward, bias_line, plus)  # module docstring: exact reads
             return out[0] if single else out
