@@ -5,8 +5,10 @@ Alternates one epoch of the ideal reference (``Trainer.train_epoch``) and one of
 training time of each and their ratio, per device. Evaluation is not included (the same for both sides).
 
     python benchmarks/hil_epoch_time.py [--config configs/hil/mnist_784_512_10_mse.toml] [--devices taox_hfox ...]
+        [--out benchmarks/results/hil_epoch_time.json]
 
-Writes ``benchmarks/results/hil_epoch_time.json``.
+A device is a preset name or a card file (e.g. ``benchmarks/results/ideal_device_card.toml``, whose 1e-9 pulse
+quantum makes every update pulse every device: the dense programming path).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/hil_epoch_time.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -52,8 +55,8 @@ def main() -> None:
                      "hardware_median_s": mh, "ratio": mh / mi})
         print(f"{dev:>10}: ideal {mi:.2f} s/epoch  hardware {mh:.2f} s/epoch  ratio {mh / mi:.2f}x  "
               f"(runs {[round(t, 2) for t in t_i]} / {[round(t, 2) for t in t_h]})", flush=True)
-    out = ROOT / "benchmarks/results/hil_epoch_time.json"
-    out.write_text(json.dumps({"config": str(args.config.relative_to(ROOT)), "n_train": args.n_train,
+    out = args.out
+    out.write_text(json.dumps({"config": str(args.config.resolve().relative_to(ROOT)), "n_train": args.n_train,
                                "threads": args.threads, "rows": rows}, indent=1))
     print(f"wrote {out}")
 

@@ -5,9 +5,9 @@ For every config of ``configs/hil/`` (784-512-10 and 784-512-512-10, squared err
 plain SGD) it trains the ideal reference once and the hardware model once per device: the "ideal device" is the
 ideal card with a pulse quantum of 1e-9 of the range and no read noise (a user card written next to the results),
 then TaOx/HfOx, Ag:a-Si, PCMO and ReRAM ES (presets, with their variability and noise). Same data order,
-initial weights and learning-rate schedule for every run. Then, on the worst (config, device) of the first
-config, ablation rows: deterministic rounding, pulse trains (update management), refresh, symmetric mapping,
-learning rate ×0.5 / ×2.
+initial weights and learning-rate schedule for every run (the configs' cosine decay, stretched over
+``--epochs``). Then, on the worst (config, device) of the first config, ablation rows: deterministic rounding,
+pulse trains (update management), refresh, symmetric mapping, weight range, learning rate ×0.5 / ×2.
 
 Results: ``benchmarks/results/hil_mnist.json`` (written after every run; a rerun skips finished runs) and
 ``benchmarks/results/hil_mnist.md`` (the tables).
@@ -99,7 +99,8 @@ def main() -> None:
             return dataset
         path = ROOT / "configs/hil" / f"{cfg_name}.toml"
         base = load_config(path)
-        over = [f"train.epochs={args.epochs}", "train.progress=false", "output.checkpoint=false",
+        over = [f"train.epochs={args.epochs}", f"train.decay_epochs={args.epochs}", "train.progress=false",
+                "output.checkpoint=false",
                 f"data.n_train={args.n_train}",
                 f'output.dir="{ROOT / "runs/bench/hil" / key.replace(" ", "_").replace("/", "_")}"']
         if device is not None:
