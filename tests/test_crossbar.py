@@ -908,6 +908,33 @@ def test_stochastic_rounding_of_small_requests_is_exact_bernoulli_per_device(pat
     assert float(corr[ok].abs().max()) < 6 / math.sqrt(R)
 
 
+@pytest.mark.parametrize("preset", ["ideal", "taox_hfox", "reram_es"])
+def test_sparse_programming_patches_the_read_cache_bit_for_bit(preset):
+    """After a sparse request the layer patches its cached ``G+ - G-`` and ``W`` (and the bias-line split) at the
+    written pairs only; the result must be bit-for-bit a rebuild, and an unrelated in-place change must drop it."""
+    L = layer(quiet(load_card(preset)), out_f=40, in_f=50, tile=(16, 16), seed=21)
+    A = L.array
+    L.set_weights(rand_w(SHAPE_SD, seed=22, scale=0.4))
+    x = torch.rand(3, 49, generator=gen(23), dtype=F64)
+    L.forward(x, bias_line=True)  # builds w, w_main, w_last
+    L._derived(A.pos.g, A.neg.g, "gd")
+    for step in range(3):
+        n = _sparse_counts(gen(24 + step), 0.03) * torch.where(torch.rand(SHAPE_SD, generator=gen(30 + step)) < 0.5,
+                                                                -1, 1)
+        A.apply_weight_pulses(n)
+        c = L._cache
+        assert c is not None and c[0] is A.pos.g  # patched, not dropped
+        gd = A.pos.g - A.neg.g
+        w = gd / L.g0
+        assert torch.equal(c[3]["gd"], gd) and torch.equal(c[3]["w"], w)
+        assert torch.equal(c[3]["w_main"], w[:, :-1]) and torch.equal(c[3]["w_last"], w[:, -1])
+        torch.testing.assert_close(L.forward(x, bias_line=True), torch.cat([x, torch.ones(3, 1, dtype=F64)], 1) @ w.T,
+                                   rtol=0, atol=1e-13)
+    A.pos.g.add_(0.0)  # an in-place change the layer is not told of: the next read must not trust the cache
+    A.apply_weight_pulses(_sparse_counts(gen(40), 0.03))
+    assert L._cache is None
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_apply_pulses_at_equals_apply_pulses(preset, monkeypatch):
     """``DeviceArray.apply_pulses_at`` (flat indices, zero counts allowed) = ``apply_pulses`` of the scattered counts:

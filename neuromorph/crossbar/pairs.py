@@ -225,6 +225,9 @@ class DifferentialArray:
         self.mapping = mapping
         self.policy = policy
         self.generator = generator
+        self.listeners: list = []
+        """Called as ``f(idx, versions)`` after a sparse request wrote the pairs ``idx`` (flat) in place; ``versions``
+        are the ``_version`` of ``(pos.g, neg.g)`` before the writes."""
         self.dg = float(card.dg_nominal)
         if not self.dg > 0:
             raise ValueError(f"card '{card.name}': nominal step dg_nominal = {self.dg!r} S must be > 0")
@@ -402,10 +405,13 @@ class DifferentialArray:
         out = torch.zeros(self.shape, dtype=self.dtype, device=self.device) if realised else None
         if pulsed:
             idx = flat.nonzero().squeeze(1)
+            versions = (self.pos.g._version, self.neg.g._version)
             n_pos, n_neg = self._split(flat.index_select(0, idx), idx)
             dw = self._fire_at(idx, n_pos, n_neg, kind)
             if realised:
                 out.view(-1).index_copy_(0, idx, dw)
+            for listener in self.listeners:  # e.g. a tile patching what it derives from the conductances
+                listener(idx, versions)
         return out
 
     def apply_weight_pulses(self, n: torch.Tensor, *, realised: bool = True) -> torch.Tensor | None:

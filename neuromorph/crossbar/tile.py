@@ -178,6 +178,7 @@ class CrossbarLayer:
                                    slice(a * self.rows, min((a + 1) * self.rows, in_features)), periphery)
                       for a in range(self.n_in_tiles) for b in range(self.n_out_tiles)]
         self._cache: tuple[torch.Tensor, torch.Tensor, tuple[int, int], dict[str, torch.Tensor]] | None = None
+        self.array.listeners.append(self._patch)
         p = periphery
         self._ideal_periphery = p.dac_bits is None and p.adc_bits is None and p.adc_range is None and not p.ir_drop
         self._calls = {"forward_calls": 0, "transpose_calls": 0, "forward_samples": 0, "transpose_samples": 0}
@@ -252,6 +253,31 @@ class CrossbarLayer:
                 w = self._derived(gp, gn, "w")
                 d["w_main"], d["w_last"] = w[:, :-1].contiguous(), w[:, -1].contiguous()
         return d[what]
+
+    def _patch(self, idx: torch.Tensor, versions: tuple[int, int]) -> None:
+        """After a sparse request wrote the pairs ``idx`` (flat) in place: recompute the cached derivatives at
+        those pairs only (the same elementwise operations as a full rebuild, so the same bits), if the cache held
+        the state just before those writes; otherwise drop it."""
+        c = self._cache
+        gp, gn = self.array.pos.g, self.array.neg.g
+        if c is None or c[0] is not gp or c[1] is not gn or c[2] != versions:
+            self._cache = None
+            return
+        d = c[3]
+        gd = gp.reshape(-1).index_select(0, idx) - gn.reshape(-1).index_select(0, idx)
+        w = gd / self.g0
+        if "gd" in d:
+            d["gd"].view(-1).index_copy_(0, idx, gd)
+        if "w" in d:
+            d["w"].view(-1).index_copy_(0, idx, w)
+        if "w_main" in d:
+            n_in = self.in_features
+            row, col = idx // n_in, idx % n_in
+            last = col == n_in - 1
+            main = ~last
+            d["w_main"].view(-1).index_copy_(0, (row * (n_in - 1) + col)[main], w[main])
+            d["w_last"].index_copy_(0, row[last], w[last])
+        self._cache = (gp, gn, (gp._version, gn._version), d)
 
     def _read(self, u: torch.Tensor, forward: bool, t: float | None, bias_line: bool = False,
               plus: torch.Tensor | None = None) -> torch.Tensor:
