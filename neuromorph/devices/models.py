@@ -312,11 +312,12 @@ class DeviceArray:
         n = self._as_counts(n)
         self.pulse_count += n.abs()
         n_eff = torch.where(self.stuck, torch.zeros_like(n), n) if self._any_stuck else n
-        idx = n_eff.reshape(-1).nonzero().squeeze(1)
-        if idx.numel() == 0:
+        pulsed = int(n_eff.count_nonzero())  # the indices only when sparse (a dense nonzero() is costly)
+        if pulsed == 0:
             return torch.zeros_like(self.g)
-        if idx.numel() <= SPARSE_FRACTION * self.numel:
+        if pulsed <= SPARSE_FRACTION * self.numel:
             # few devices pulsed (small stochastic-rounding updates): run the model on those devices only
+            idx = n_eff.reshape(-1).nonzero().squeeze(1)
             before = self.g.clone()  # the sparse path writes the pulsed devices in place
             self._advance_at(idx, n_eff.reshape(-1)[idx], generator)
         else:
