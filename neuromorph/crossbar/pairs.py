@@ -98,7 +98,6 @@ _COUNT_DTYPES = (torch.int32, torch.int64)
 _GAP_MARGIN = 6.0  # candidate draws per chunk: mean + _GAP_MARGIN standard deviations (more chunks if short)
 
 
-
 def _sparse_stochastic_rounding(req: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """Stochastic rounding of requests with ``|req| <= p < 1`` (module docstring): int32 counts in ``{-1, 0, 1}``,
     ``P(n_ij = sign(req_ij)) = |req_ij|``, independent across devices, from about ``2 p N`` random numbers."""
@@ -124,6 +123,7 @@ def _sparse_stochastic_rounding(req: torch.Tensor, p: float, gen: torch.Generato
     idx = cand[keep]
     n.index_copy_(0, idx, torch.sign(r[keep]).to(torch.int32))
     return n.view(req.shape)
+
 
 @dataclass(frozen=True)
 class PulseTrainParams:
@@ -395,7 +395,7 @@ class DifferentialArray:
         training update), everything after one ``nonzero`` works on those pairs only: the split (it needs
         ``G+ - G-`` there only), the counters (``index_add_``), the device models (``apply_pulses_at``) and the
         realised ΔW (scattered into zeros; ``realised=False``: not built, ``None`` returned). Otherwise the dense
-        path: the same results."""
+        path: the same results (the realised ΔW is then always returned: the devices compute it anyway)."""
         n = n if n.dtype in _COUNT_DTYPES else n.to(torch.int64)
         flat = n.reshape(-1)
         pulsed = int(flat.count_nonzero())  # cheap on integers (no nonzero() when dense)
@@ -416,8 +416,8 @@ class DifferentialArray:
 
     def apply_weight_pulses(self, n: torch.Tensor, *, realised: bool = True) -> torch.Tensor | None:
         """Fire signed pulse counts ``n`` in weight direction (``+1`` = one nominal step ``+dw``) through the pair
-        policy. Returns the realised ``ΔW`` (weight units); ``realised=False``: ``None`` (on a sparse request this
-        saves building a dense tensor of zeros)."""
+        policy. Returns the realised ``ΔW`` (weight units); ``realised=False``: ``None`` on a sparse request (it
+        saves building a dense tensor of zeros), the realised ``ΔW`` still on a dense one."""
         n = torch.as_tensor(n, device=self.device)
         if n.shape != self.shape:
             raise ValueError(f"pulse counts have shape {tuple(n.shape)}, the array has shape {tuple(self.shape)}")

@@ -93,12 +93,12 @@ def _u_of_labels(nl: torch.Tensor) -> torch.Tensor:
     return (torch.sign(nl.to(torch.float64)) * val).to(nl.dtype)
 
 
-
 def _scatter(g: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``g`` with ``g.flat[idx] = values``, written in place when ``g`` is contiguous (else into a copy)."""
     g = g if g.is_contiguous() else g.contiguous()
     g.view(-1).index_copy_(0, idx, values)
     return g
+
 
 class DeviceArray:
     """An array of devices of one card. See the module docstring for the equations.
