@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -190,6 +191,27 @@ class HardwareNetwork:
         return self.forward_arrays[k].transpose(post, t=self.read_time, bias_line=self.net.synapses[k].bias,
                                                 plus=plus)
 
+    def _phase_reads(self):
+        """The reads of one phase as functions: per synapse ``k`` its forward read ``fwd[k](pre)`` (bias line held)
+        and its feedback ``fb[k](post, plus)`` (:meth:`_fwd`, :meth:`_fb`), and the read-out array's forward and
+        transposed reads. An array whose reads are exact (:meth:`CrossbarLayer.exact_reader`) is read by its
+        reader, made for the phase: the same products and counters without the per-read lookups, which cost as
+        much as the small products of a settling step."""
+        t, syns = self.read_time, self.net.synapses
+        fwd, fb = [], []
+        for k, syn in enumerate(syns):
+            f_arr, b_arr = self.forward_arrays[k], self.backward_arrays[k]
+            fwd.append(f_arr.exact_reader(True, t=t, bias_line=syn.bias) or partial(self._fwd, k))
+            fb_exact = f_arr.exact_reader(False, t=t, bias_line=syn.bias) if b_arr is None else \
+                b_arr.exact_reader(False, t=t)
+            fb.append(fb_exact or partial(self._fb, k))
+        ro = self.readout_array
+        if ro is None:
+            return fwd, fb, None, None
+        ro_f = ro.exact_reader(True, t=t) or partial(ro.forward, t=t)
+        ro_t = ro.exact_reader(False, t=t) or partial(ro.transpose, t=t)
+        return fwd, fb, ro_f, ro_t
+
     def logits(self, state: State) -> torch.Tensor:
         """Output: ``s_N`` (squared error) or the read-out array's forward read ``w_out s_N`` (ADC)."""
         last = state[-1].reshape(state[-1].shape[0], -1)
@@ -210,24 +232,27 @@ class HardwareNetwork:
                                                                               dtype=x.dtype, device=x.device)
         n = len(net.synapses)
 
+        fwd, fb, ro_f, ro_t = self._phase_reads()
+        batch = x.shape[0]
         # the input lines carry a static input during a phase: unless reread_input, the first array is read once
         # per phase (one read-noise draw held for the phase, like a DC current); every other array every evaluation
-        drive = None if self.reread_input else self._fwd(0, x)
+        drive = None if self.reread_input else fwd[0](x)
 
         def target(s: State) -> list[torch.Tensor]:
             # node k sums its forward current with the feedback of synapse k + 1 (one fused read); every a[k] ends
             # a fresh tensor (the held drive is read from, never written), so what follows runs in place
-            a = [self._fwd(0, x) if drive is None else drive] + [self._fwd(k, s[k - 1]) for k in range(1, n)]
+            flat = [sk.reshape(batch, -1) for sk in s]
+            a = [fwd[0](x) if drive is None else drive] + [fwd[k](flat[k - 1]) for k in range(1, n)]
             for k in range(1, n):
-                a[k - 1] = self._fb(k, s[k], plus=a[k - 1])
+                a[k - 1] = fb[k](flat[k], a[k - 1])
             if n == 1 and drive is not None:
                 a[0] = drive.clone()
             if nudged:
-                if self.readout_array is None:
-                    a[-1].addcmul_(beta_col, yo - s[-1])
+                if ro_f is None:
+                    a[-1].addcmul_(beta_col, yo - flat[-1])
                 else:
-                    y_hat = torch.softmax(self.logits(s), -1)
-                    a[-1].add_(self.readout_array.transpose(beta_col * (yo - y_hat), t=self.read_time))
+                    y_hat = torch.softmax(ro_f(flat[-1]), -1)
+                    a[-1].add_(ro_t(beta_col * (yo - y_hat)))
             return [ak.mul_(g).add_(o).view(-1, *shape) for ak, shape in zip(a, net.state_shapes)]
 
         return NodeField(target, net.act.unit_fn, self.tau)

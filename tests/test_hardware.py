@@ -2,6 +2,7 @@
 the discrete reference, the local update rules against the engine's estimates, pulses, and hardware-in-the-loop
 training against the ideal reference."""
 
+import dataclasses
 import json
 import math
 
@@ -11,7 +12,8 @@ import torch
 from neuromorph.circuit import RK4, Dopri5, Euler, Heun, SteadyState, lyapunov_energy, settle
 from neuromorph.cli import main
 from neuromorph.config import load_config
-from neuromorph.crossbar import Periphery
+from neuromorph.crossbar import CrossbarLayer, Periphery
+from neuromorph.devices import load_card
 from neuromorph.dynamics import relax
 from neuromorph.estimators import OneSided, Symmetric, _rows, estimate_from_states
 from neuromorph.hardware import HardwareNetwork
@@ -55,6 +57,54 @@ def test_euler_with_dt_tau_is_the_discrete_iteration(loss, uni, act):
     nud_ref = relax(ref, ref.input_drive(x.repeat(2, 1)), start, 10, y=y.repeat(2), beta=beta)
     nud = hw.settle_phase(x.repeat(2, 1), [u.repeat(2, 1) for u in free.u], 10, y=y.repeat(2), beta=beta)
     assert _max_diff(nud.state, nud_ref.state) < 1e-12
+
+
+@pytest.mark.parametrize("loss,uni", [("mse", False), ("xent", False), ("xent", True)])
+@pytest.mark.parametrize("read_noise", [False, True])
+def test_phase_readers_give_the_per_read_path_bit_for_bit(monkeypatch, loss, uni, read_noise):
+    """The settling loop reads exact arrays through ``exact_reader`` (made once per phase): the same states, bits
+    and read counters as reading every array through ``forward`` / ``transpose`` at every step. ``read_noise``: the
+    periphery asks for noisy reads of a noise-free card (they are exact, counted as device reads too)."""
+    def run(fast):
+        hw, _, x, y = make(loss, uni, periphery=Periphery.ideal(read_noise=read_noise))
+        with monkeypatch.context() as m:
+            if not fast:
+                m.setattr(CrossbarLayer, "exact_reader", lambda *a, **k: None)
+            free = hw.settle_phase(x, None, 12)
+            beta = _rows((0.5, -0.5), x.shape[0], x)
+            nud = hw.settle_phase(x.repeat(2, 1), [u.repeat(2, 1) for u in free.u], 7, y=y.repeat(2), beta=beta)
+        counters = {n: (a.stats(), a.array.pos.read_count, a.array.neg.read_count) for n, a in hw.arrays().items()}
+        return free.state + nud.state + nud.u, counters
+
+    (fast, c_fast), (slow, c_slow) = run(True), run(False)
+    assert all(torch.equal(a, b) for a, b in zip(fast, slow))
+    assert c_fast == c_slow
+    assert all(c[0]["forward_calls"] + c[0]["transpose_calls"] > 0 and c[0]["reads"] > 0 for c in c_fast.values())
+    assert all(c[1] > 0 for c in c_fast.values()) == read_noise
+
+
+def test_exact_reader_refuses_a_reprogrammed_array():
+    hw, _, x, _ = make("mse")
+    arr = hw.forward_arrays[1]
+    read = arr.exact_reader(True, bias_line=True)
+    s = torch.rand(3, arr.in_features - 1, dtype=F64)
+    assert torch.equal(read(s), arr.forward(s, bias_line=True))
+    arr.program(torch.full(arr.array.shape, 0.05, dtype=F64))
+    with pytest.raises(RuntimeError, match="programmed since"):
+        read(s)
+    assert torch.equal(arr.exact_reader(True, bias_line=True)(s), arr.forward(s, bias_line=True))
+
+
+def test_noisy_or_quantised_reads_have_no_exact_reader():
+    noisy = dataclasses.replace(load_card("ideal"), read_noise_std=0.01)
+    hw, _, _, _ = make("mse", card=noisy, periphery=Periphery.ideal(read_noise=True))
+    assert hw.forward_arrays[0].exact_reader(True) is None
+    hw, _, _, _ = make("mse", card=noisy)  # the periphery reads the programmed state (read_noise=False)
+    assert hw.forward_arrays[0].exact_reader(True) is not None
+    hw, _, _, _ = make("mse", periphery=Periphery(adc_bits=8, adc_range=4.0))
+    assert hw.forward_arrays[0].exact_reader(True) is None
+    hw, _, _, _ = make("mse")
+    assert hw.forward_arrays[0].exact_reader(True) is not None
 
 
 @pytest.mark.parametrize("solver", [Heun(0.5), RK4(0.5), Dopri5(rtol=1e-9, atol=1e-11)])

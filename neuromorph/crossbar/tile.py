@@ -56,6 +56,14 @@ from .periphery import Periphery
 __all__ = ["CrossbarTile", "CrossbarLayer"]
 
 
+def _exact_product(u: torch.Tensor, w: torch.Tensor, last: torch.Tensor | None,
+                   plus: torch.Tensor | None) -> torch.Tensor:
+    """An exact read: ``u w (+ last) (+ plus)``, one fused product when anything is added."""
+    if last is not None:
+        plus = last if plus is None else plus + last
+    return u @ w if plus is None else torch.addmm(plus, u, w)
+
+
 class CrossbarTile:
     """One tile of a layer: outputs ``out_slice`` x inputs ``in_slice`` of the layer's weights, with its own
     periphery state (the cached nodal factorisation). Physical grid ``rows x 2·cols`` (see the module docstring)."""
@@ -291,7 +299,8 @@ class CrossbarLayer:
         self._calls[calls] += 1
         self._calls[samples] += u.shape[0]
         if self._ideal_periphery and gp is self.array.pos.g and gn is self.array.neg.g:
-            out = self._exact(u, gp, gn, forward, bias_line, plus)  # module docstring: exact reads
+            # module docstring: exact reads
+            out = _exact_product(u, *self._exact_operands(gp, gn, forward, bias_line), plus)
             return out[0] if single else out
         if bias_line and forward:
             u = torch.cat([u, torch.ones(u.shape[0], 1, dtype=u.dtype, device=u.device)], 1)
@@ -313,14 +322,43 @@ class CrossbarLayer:
             out = out + plus
         return out[0] if single else out
 
-    def _exact(self, u: torch.Tensor, gp: torch.Tensor, gn: torch.Tensor, forward: bool, bias_line: bool,
-               plus: torch.Tensor | None) -> torch.Tensor:
+    def _exact_operands(self, gp: torch.Tensor, gn: torch.Tensor, forward: bool,
+                        bias_line: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The matrix an exact read multiplies by (``Wᵀ`` forward, ``W`` transposed; without the bias line's column
+        with ``bias_line``) and the bias line's current (forward with ``bias_line``, else ``None``)."""
         w = self._derived(gp, gn, "w_main" if bias_line else "w")
-        w = w.T if forward else w
-        if bias_line and forward:
-            last = self._derived(gp, gn, "w_last")
-            plus = last if plus is None else plus + last
-        return u @ w if plus is None else torch.addmm(plus, u, w)
+        last = self._derived(gp, gn, "w_last") if bias_line and forward else None
+        return (w.T if forward else w), last
+
+    def exact_reader(self, forward: bool = True, *, t: float | None = None, bias_line: bool = False):
+        """A read of this layer as a plain function ``read(u, plus=None)``, for a loop that reads the same
+        programmed state many times (the settling of one phase), or ``None`` when reads are not exact (module
+        docstring: the periphery is not ideal, or a read at ``t`` has noise or drift).
+
+        ``read`` is :meth:`forward` (``forward=True``) or :meth:`transpose` for a checked ``(batch, n)`` input of the
+        layer's dtype and device, with the same result and the same read counters, without the per-call checks and
+        lookups. It belongs to the programmed state it was made for: programming the array afterwards makes it
+        raise (make a new one)."""
+        if not (self._ideal_periphery and self.array.reads_exact(t, noise=self.periphery.read_noise)):
+            return None
+        array, pos, neg = self.array, self.array.pos, self.array.neg
+        gp, gn = pos.g, neg.g
+        state = (gp._version, gn._version)
+        w, last = self._exact_operands(gp, gn, forward, bias_line)
+        calls, samples = _CALL_KEYS[forward]
+        counters, noise = self._calls, self.periphery.read_noise
+
+        def read(u: torch.Tensor, plus: torch.Tensor | None = None) -> torch.Tensor:
+            if pos.g is not gp or neg.g is not gn or (gp._version, gn._version) != state:
+                raise RuntimeError("the array was programmed since this reader was made: make a new one")
+            if u.dtype != w.dtype:
+                u = u.to(w.dtype)
+            array.count_exact_read(u.shape[0], noise=noise)
+            counters[calls] += 1
+            counters[samples] += u.shape[0]
+            return _exact_product(u, w, last, plus)
+
+        return read
 
     def forward(self, x: torch.Tensor, *, t: float | None = None, bias_line: bool = False) -> torch.Tensor:
         """``y = W x`` through DACs, the devices (read noise, drift at ``t`` [s]), IR drop and per-tile ADCs.

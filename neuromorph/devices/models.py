@@ -438,16 +438,28 @@ class DeviceArray:
         and the card drifts, stuck devices at their bound, plus fresh read noise ``N(0, read_noise_std g_max)``."""
         c = self.card
         g = self.g
-        if t is not None:
-            t = float(t)
-            if not t > 0:
-                raise ValueError(f"read time t must be > 0 s, got {t}")
-            if self.nu is not None:
-                g = self._stick(g * (max(t, c.drift_t0) / c.drift_t0) ** (-self.nu))
+        t = self._read_time(t)
+        if t is not None and self.nu is not None:
+            g = self._stick(g * (max(t, c.drift_t0) / c.drift_t0) ** (-self.nu))
         if c.read_noise_std > 0:
             g = g + c.read_noise_std * c.g_max * self._randn(generator=generator)
         self.read_count += 1
         return g
+
+    def read_is_exact(self, t: float | None = None) -> bool:
+        """Whether :meth:`read` at ``t`` returns ``g`` itself (no read noise, no drift at ``t``): then every such read
+        is the programmed state, and a reader may use ``g`` directly (counting the reads: ``read_count``)."""
+        t = self._read_time(t)
+        return self.card.read_noise_std <= 0 and (t is None or self.nu is None)
+
+    @staticmethod
+    def _read_time(t: float | None) -> float | None:
+        if t is None:
+            return None
+        t = float(t)
+        if not t > 0:
+            raise ValueError(f"read time t must be > 0 s, got {t}")
+        return t
 
     # ------------------------------------------------------------------ model internals
     def _write_noise(self, touched: torch.Tensor, generator) -> None:
