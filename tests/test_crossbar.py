@@ -593,7 +593,7 @@ def test_counters_and_energy_add_up(preset):
     assert s["pulses"] == s["pulses_program"] + s["pulses_set"] + s["pulses_refresh"] == \
         s["pulses_potentiation"] + s["pulses_depression"] == s["pulses_g_pos"] + s["pulses_g_neg"]
     assert s["pulses_set"] == n_set
-    # the devices count their own pulses independently
+    # the pulse totals are the devices' own counters; pulses_program / set / refresh are counted per request
     assert s["pulses"] == int(A.pos.pulse_count.sum() + A.neg.pulse_count.sum())
     assert s["reads"] == 2 * N * (4 + 2) + s["reads_refresh"] and s["reads_refresh"] >= 2 * N
     assert s["energy_J"] == pytest.approx(2.5e-12 * s["pulses"] + 4e-15 * s["reads"], rel=1e-12)
@@ -640,6 +640,33 @@ def test_refresh_resets_saturated_pairs_and_keeps_the_weight(preset, policy):
     assert s["pulses_refresh"] - s0["pulses_refresh"] == added == s["pulses"] - s0["pulses"]
     assert s["reads_refresh"] >= 2 * 48 + 2 * n
     assert A.refresh(0.1) == 0  # nothing saturated any more (with these weights)
+
+
+def test_tally_folds_its_int32_part_before_it_can_overflow():
+    from neuromorph.devices.models import Tally
+    t = Tally(torch.Size((3,)), torch.device("cpu"))
+    big = torch.tensor([2 ** 30, -(2 ** 30), 7], dtype=torch.int32)
+    for _ in range(5):  # 5·2^30 > 2^31: the int32 part must fold into the int64 total on the way
+        t.add(big, bound=2 ** 30)
+    t.add(torch.tensor([1, 1, 1], dtype=torch.int32))  # no bound: straight into the total
+    t.add(torch.tensor([2 ** 40, 0, 0]), bound=2 ** 40)  # int64 counts
+    assert t.value.dtype == torch.int64
+    assert t.value.tolist() == [5 * 2 ** 30 + 1 + 2 ** 40, -5 * 2 ** 30 + 1, 36]
+
+
+def test_dense_requests_count_past_the_int32_range():
+    """The fine ideal card takes requests of 1e9 steps: a device's count passes 2^31 after a few (int64 totals)."""
+    card = replace(load_card("ideal"), dw_min=1e-12)
+    L = layer(card, out_f=4, in_f=5, seed=3)
+    A = L.array
+    A.set_weights(torch.zeros(4, 5, dtype=F64), count=False)
+    n = torch.full((4, 5), 900_000_000, dtype=torch.int32)
+    n[0] = -n[0]
+    for _ in range(4):
+        A.apply_weight_pulses(n, realised=False)
+    per = A.pulses_per_device()
+    assert per["pos_up"][1:].tolist() == [[3_600_000_000] * 5] * 3 and per["neg_up"][0].tolist() == [3_600_000_000] * 5
+    assert A.stats()["pulses"] == 20 * 3_600_000_000 == int(A.pos.pulse_count.sum() + A.neg.pulse_count.sum())
 
 
 def test_refresh_with_read_noise_is_counted_and_close():
@@ -847,12 +874,12 @@ def test_sparse_programming_of_noisy_devices(preset, stuck, monkeypatch):
 
 def test_sparse_requests_take_the_sparse_path_and_write_the_pulsed_devices_in_place(monkeypatch):
     """A request pulsing a few % of the pairs runs through ``apply_pulses_at`` (no dense device pass), a request
-    pulsing most of them through ``apply_pulses``; the sparse path writes the conductance tensors in place, moving
-    their ``_version`` (the tiles cache ``G+ - G-`` and ``W`` keyed on the tensors and versions), and a noise-free
-    layer read (the exact path) sees the new weights."""
+    pulsing most of them through the dense device pass (``_apply_counts``, as ``apply_pulses``); the sparse path
+    writes the conductance tensors in place, moving their ``_version`` (the tiles cache ``G+ - G-`` and ``W`` keyed
+    on the tensors and versions), and a noise-free layer read (the exact path) sees the new weights."""
     from neuromorph.devices import DeviceArray
     calls = []
-    for meth in ("apply_pulses", "apply_pulses_at"):
+    for meth in ("_apply_counts", "apply_pulses_at"):
         orig = getattr(DeviceArray, meth)
         monkeypatch.setattr(DeviceArray, meth, lambda self, *a, _o=orig, _m=meth, **k: calls.append(_m) or
                             _o(self, *a, **k))
@@ -871,7 +898,7 @@ def test_sparse_requests_take_the_sparse_path_and_write_the_pulsed_devices_in_pl
     torch.testing.assert_close(L.forward(x), x @ A.weights().T, rtol=1e-12, atol=1e-12)
     calls.clear()
     A.apply_weight_pulses(torch.ones(SHAPE_SD, dtype=torch.int64))
-    assert "apply_pulses" in calls and "apply_pulses_at" not in calls
+    assert "_apply_counts" in calls and "apply_pulses_at" not in calls
 
 
 @pytest.mark.parametrize("path", ["sparse", "sparse, many chunks", "dense"])
@@ -916,8 +943,9 @@ def test_sparse_programming_patches_the_read_cache_bit_for_bit(preset):
     A = L.array
     L.set_weights(rand_w(SHAPE_SD, seed=22, scale=0.4))
     x = torch.rand(3, 49, generator=gen(23), dtype=F64)
-    L.forward(x, bias_line=True)  # builds w, w_main, w_last
+    L.forward(x, bias_line=True)  # builds w_main, w_last
     L._derived(A.pos.g, A.neg.g, "gd")
+    L._derived(A.pos.g, A.neg.g, "w")
     for step in range(3):
         n = _sparse_counts(gen(24 + step), 0.03) * torch.where(torch.rand(SHAPE_SD, generator=gen(30 + step)) < 0.5,
                                                                 -1, 1)

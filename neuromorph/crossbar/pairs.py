@@ -237,9 +237,9 @@ class DifferentialArray:
         self.neg = DeviceArray(card, shape_t, generator=generator, device=device, dtype=dtype, g_init=init)
         self.device = self.pos.device
         self.dtype = dtype
-        z = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
-        # per device: total pulses and net (potentiation - depression); up = (total + net)/2, down = (total - net)/2
-        self._cnt = {k: z.clone() for k in ("pos_total", "pos_net", "neg_total", "neg_net")}
+        # per device: the total pulses are the devices' own pulse_count; here the net (potentiation - depression):
+        # up = (total + net)/2, down = (total - net)/2
+        self._net = {k: _models.Tally(self.shape, self.device) for k in ("pos", "neg")}
         self._n = {"pulses_program": 0, "pulses_refresh": 0, "pulses_set": 0, "reads": 0, "reads_refresh": 0,
                    "refreshes": 0, "refresh_calls": 0, "updates": 0}
         self.last_representable_fraction = 1.0
@@ -356,38 +356,45 @@ class DifferentialArray:
         (else 0); ``G+`` gets ``|n| - k`` if ``n > 0`` else ``-k``; ``G-`` gets ``|n| - k`` if ``n < 0`` else ``-k``.
         """
         if self.policy == "unidirectional":
-            return n.clamp(min=0).to(torch.int64), (-n).clamp(min=0).to(torch.int64)
-        # written without torch.where (slow on some CPU builds): G+ gets relu(n) - k, G- gets relu(-n) - k
+            return n.clamp(min=0), (-n).clamp_(min=0)
+        # written without boolean masks (torch.where and masked_fill_ cost 20x an arithmetic pass on some CPU builds):
+        # with r = round((G- - G+)/dg), k = min(max(r sign(n), 0), |n|); G+ gets relu(n) - k, G- gets relu(-n) - k,
+        # which is (relu(n) - k) - n; the counts keep their integer dtype
         if idx is None:
-            d = self.pos.g - self.neg.g
+            r = self.neg.g - self.pos.g
         else:
-            d = self.pos.g.reshape(-1).index_select(0, idx) - self.neg.g.reshape(-1).index_select(0, idx)
-        nf = n.to(d.dtype)
-        opposed = (d * nf < 0).to(d.dtype)
-        k = torch.minimum(d.abs_().div_(self.dg).round_(), nf.abs()).mul_(opposed)
-        return (nf.clamp(min=0) - k).to(torch.int64), (-nf).clamp_(min=0).sub_(k).to(torch.int64)
+            r = self.neg.g.reshape(-1).index_select(0, idx) - self.pos.g.reshape(-1).index_select(0, idx)
+        nf = n.to(r.dtype)
+        k = torch.minimum(r.div_(self.dg).round_().mul_(nf.sign()).clamp_(min=0), nf.abs())
+        n_pos = nf.clamp_(min=0).sub_(k).to(n.dtype)
+        return n_pos, n_pos - n
 
-    def _count(self, key: str, n: torch.Tensor) -> int:
-        """Add signed pulse counts ``n`` of device array ``key`` ("pos" | "neg") to the counters; returns Σ|n|."""
-        a = n.abs()
-        self._cnt[f"{key}_total"] += a
-        self._cnt[f"{key}_net"] += n
+    def _count(self, key: str, n: torch.Tensor, a: torch.Tensor | None = None, bound: int | None = None) -> int:
+        """Add signed pulse counts ``n`` of device array ``key`` ("pos" | "neg") to its net counter (``a``: ``|n|``
+        if the caller has it; ``bound``: a bound of it, :class:`~neuromorph.devices.models.Tally`); returns Σ|n|.
+        The totals are counted by the device as it receives the pulses."""
+        a = n.abs() if a is None else a
+        self._net[key].add(n, bound)
         return _int_total(a)
 
     def _count_at(self, key: str, idx: torch.Tensor, n: torch.Tensor) -> int:
         """:meth:`_count` for the counts ``n`` of the devices at flat indices ``idx`` (distinct)."""
-        a = n.abs()
-        self._cnt[f"{key}_total"].view(-1).index_add_(0, idx, a)
-        self._cnt[f"{key}_net"].view(-1).index_add_(0, idx, n)
-        return _int_total(a)
+        self._net[key].value.view(-1).index_add_(0, idx, n)
+        return _int_total(n.abs())
 
-    def _fire(self, n_pos: torch.Tensor, n_neg: torch.Tensor, kind: str) -> torch.Tensor:
-        """Apply signed pulse counts to the two devices, count them; returns the realised ΔW."""
-        out = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
+    def _fire(self, n_pos: torch.Tensor, n_neg: torch.Tensor, kind: str, realised: bool = True,
+              bound: int | None = None) -> torch.Tensor | None:
+        """Apply signed pulse counts to the two devices, count them (``bound``: a bound of every count, if known);
+        returns the realised ΔW (``realised=False``: ``None``, not computed)."""
+        out = torch.zeros(self.shape, dtype=self.dtype, device=self.device) if realised else None
         for dev, n, key, sign in ((self.pos, n_pos, "pos", 1.0), (self.neg, n_neg, "neg", -1.0)):
-            fired = self._count(key, n)
+            n = dev._as_counts(n)
+            a = n.abs()
+            fired = self._count(key, n, a, bound)
             if fired:
-                out.add_(dev.apply_pulses(n), alpha=sign / self.g0)
+                dg = dev._apply_counts(n, a, None, realised, bound)
+                if realised:
+                    out.add_(dg, alpha=sign / self.g0)
             self._n[kind] += fired
         return out
 
@@ -396,6 +403,7 @@ class DifferentialArray:
         realised ΔW at ``idx``."""
         out = torch.zeros(idx.shape, dtype=self.dtype, device=self.device)
         for dev, n, key, sign in ((self.pos, n_pos, "pos", 1.0), (self.neg, n_neg, "neg", -1.0)):
+            n = n.to(torch.int64)  # the counters' dtype (index_add_)
             fired = self._count_at(key, idx, n)
             if fired:
                 out.add_(dev.apply_pulses_at(idx, n), alpha=sign / self.g0)
@@ -407,14 +415,15 @@ class DifferentialArray:
         policy; returns the realised ΔW. When at most ``SPARSE_FRACTION`` of the pairs get pulses (the usual
         training update), everything after one ``nonzero`` works on those pairs only: the split (it needs
         ``G+ - G-`` there only), the counters (``index_add_``), the device models (``apply_pulses_at``) and the
-        realised ΔW (scattered into zeros; ``realised=False``: not built, ``None`` returned). Otherwise the dense
-        path: the same results (the realised ΔW is then always returned: the devices compute it anyway)."""
+        realised ΔW (scattered into zeros). Otherwise the dense path: the same results. ``realised=False``: the
+        realised ΔW is not built, ``None`` is returned."""
         n = n if n.dtype in _COUNT_DTYPES else n.to(torch.int64)
         flat = n.reshape(-1)
         pulsed = int(flat.count_nonzero())  # cheap on integers (no nonzero() when dense)
         if pulsed > _models.SPARSE_FRACTION * self.numel:
+            lo, hi = torch.aminmax(flat)  # every count of either device is at most max|n| (see _split)
             n_pos, n_neg = self._split(n)
-            return self._fire(n_pos, n_neg, kind)
+            return self._fire(n_pos, n_neg, kind, realised, bound=max(-int(lo), int(hi)))
         out = torch.zeros(self.shape, dtype=self.dtype, device=self.device) if realised else None
         if pulsed:
             idx = flat.nonzero().squeeze(1)
@@ -429,8 +438,8 @@ class DifferentialArray:
 
     def apply_weight_pulses(self, n: torch.Tensor, *, realised: bool = True) -> torch.Tensor | None:
         """Fire signed pulse counts ``n`` in weight direction (``+1`` = one nominal step ``+dw``) through the pair
-        policy. Returns the realised ``ΔW`` (weight units); ``realised=False``: ``None`` on a sparse request (it
-        saves building a dense tensor of zeros), the realised ``ΔW`` still on a dense one."""
+        policy. Returns the realised ``ΔW`` (weight units); ``realised=False``: ``None`` (no dense tensor of the
+        changes is built)."""
         n = torch.as_tensor(n, device=self.device)
         if n.shape != self.shape:
             raise ValueError(f"pulse counts have shape {tuple(n.shape)}, the array has shape {tuple(self.shape)}")
@@ -459,7 +468,8 @@ class DifferentialArray:
         (half the memory traffic of int64 in the update loop) unless a request reaches 2^31 steps."""
         if mode == "manhattan":
             return torch.where(req.abs() > threshold, torch.sign(req), 0).to(torch.int32)
-        p = float(req.abs().max())
+        lo, hi = torch.aminmax(req)
+        p = max(-float(lo), float(hi))
         dtype = torch.int32 if p < 2.0 ** 31 - 2 else torch.int64
         if mode == "deterministic":
             return torch.round(req).to(dtype)
@@ -624,7 +634,7 @@ class DifferentialArray:
             todo = todo & (n != 0)
             if not bool(todo.any()):
                 break
-            self._fire(torch.where(on_pos, n, 0), torch.where(on_pos, 0, n), "pulses_refresh")
+            self._fire(torch.where(on_pos, n, 0), torch.where(on_pos, 0, n), "pulses_refresh", realised=False)
             last_n, last_g = n, g_act
         self._n["refreshes"] += n_sat
         self._n["reads_refresh"] += self._n["reads"] - reads0
@@ -634,10 +644,9 @@ class DifferentialArray:
     def pulses_per_device(self) -> dict[str, torch.Tensor]:
         """Cumulative pulses per device (int64, shape of the array): ``pos_up``, ``pos_down`` (G+ potentiation /
         depression), ``neg_up``, ``neg_down`` (G-)."""
-        c = self._cnt
         out = {}
-        for key in ("pos", "neg"):
-            t, n = c[f"{key}_total"], c[f"{key}_net"]
+        for key, dev in (("pos", self.pos), ("neg", self.neg)):
+            t, n = dev.pulse_count, self._net[key].value
             out[f"{key}_up"] = (t + n) // 2
             out[f"{key}_down"] = (t - n) // 2
         return out
@@ -654,7 +663,8 @@ class DifferentialArray:
         ``energy_reads_J`` with ``energy_pulses_J = pulse_energy · pulses``, ``energy_reads_J = energy_per_read
         · reads``, ``energy_refresh_J`` (the part spent by refresh), ``representable_fraction`` (last
         :meth:`set_weights`), ``energy_per_pulse_J``, ``energy_per_read_J``."""
-        tot = {k: _int_total(v) for k, v in self._cnt.items()}
+        tot = {f"{k}_net": _int_total(self._net[k].value) for k in ("pos", "neg")}
+        tot.update({f"{k}_total": _int_total(d.pulse_count) for k, d in (("pos", self.pos), ("neg", self.neg))})
         p = {f"{k}_up": (tot[f"{k}_total"] + tot[f"{k}_net"]) // 2 for k in ("pos", "neg")}
         p.update({f"{k}_down": (tot[f"{k}_total"] - tot[f"{k}_net"]) // 2 for k in ("pos", "neg")})
         n = dict(self._n)

@@ -252,14 +252,14 @@ class CrossbarLayer:
         if c is None or c[0] is not gp or c[1] is not gn or c[2] != version:
             c = self._cache = (gp, gn, version, {})
         d = c[3]
-        if what not in d:
+        if what not in d:  # each from the conductances, in place in its one fresh tensor: the bits of (gp - gn)/g0
             if what == "gd":
                 d[what] = gp - gn
             elif what == "w":
-                d[what] = self._derived(gp, gn, "gd") / self.g0
+                d[what] = torch.sub(gp, gn).div_(self.g0)
             else:
-                w = self._derived(gp, gn, "w")
-                d["w_main"], d["w_last"] = w[:, :-1].contiguous(), w[:, -1].contiguous()
+                d["w_main"] = torch.sub(gp[:, :-1], gn[:, :-1]).div_(self.g0)
+                d["w_last"] = torch.sub(gp[:, -1], gn[:, -1]).div_(self.g0)
         return d[what]
 
     def _patch(self, idx: torch.Tensor, versions: tuple[int, int]) -> None:

@@ -66,7 +66,7 @@ import torch
 from . import neurosim as ns
 from .cards import STEP_MODELS, DeviceCard
 
-__all__ = ["DeviceArray", "pulse_response"]
+__all__ = ["DeviceArray", "Tally", "pulse_response"]
 
 SPARSE_FRACTION = 0.25
 """``apply_pulses`` runs the device model on the pulsed devices only when at most this fraction is pulsed (and
@@ -100,6 +100,49 @@ def _scatter(g: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.
     return g
 
 
+_INT32_MAX = 2 ** 31 - 1
+
+
+class Tally:
+    """Integer counts per device, totalled in int64: an add with a known bound on its entries goes into an int32
+    part (half the memory traffic of an int64 add, and no widening copy), folded into the int64 total before the part
+    could overflow. ``value`` is the total (folded first)."""
+
+    def __init__(self, shape: torch.Size, device: torch.device) -> None:
+        self._total = torch.zeros(shape, dtype=torch.int64, device=device)
+        self._part: torch.Tensor | None = None
+        self._room = _INT32_MAX
+
+    def add(self, n: torch.Tensor, bound: int | None = None) -> None:
+        """Add the integer counts ``n`` (broadcastable to the shape); ``bound``: an upper bound of every ``|n|``
+        (``None``: unknown, added to the int64 total directly)."""
+        if bound is None or n.dtype != torch.int32 or bound > _INT32_MAX // 2:
+            self._total += n
+            return
+        if bound > self._room:
+            self.fold()
+        if self._part is None:
+            self._part = torch.zeros(self._total.shape, dtype=torch.int32, device=self._total.device)
+        self._part += n
+        self._room -= bound
+
+    def fold(self) -> None:
+        """Move the int32 part into the int64 total."""
+        if self._room < _INT32_MAX:
+            self._total += self._part
+            self._part.zero_()
+            self._room = _INT32_MAX
+
+    @property
+    def value(self) -> torch.Tensor:
+        self.fold()
+        return self._total
+
+    @value.setter
+    def value(self, total: torch.Tensor) -> None:
+        self._total, self._part, self._room = total, None, _INT32_MAX
+
+
 class DeviceArray:
     """An array of devices of one card. See the module docstring for the equations.
 
@@ -128,7 +171,7 @@ class DeviceArray:
         self.dtype = dtype
         self.generator = generator
         self.model = card.model
-        self.pulse_count = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
+        self._pulses = Tally(self.shape, self.device)
         self.read_count = 0
         self._g_app: torch.Tensor | None = None
         self._sample()
@@ -261,6 +304,15 @@ class DeviceArray:
         self.set_conductance(value, count_pulses=False)
 
     @property
+    def pulse_count(self) -> torch.Tensor:
+        """Pulses received per device, int64 (every pulse counted, stuck devices included)."""
+        return self._pulses.value
+
+    @pulse_count.setter
+    def pulse_count(self, value: torch.Tensor) -> None:
+        self._pulses.value = value
+
+    @property
     def g_persistent(self) -> torch.Tensor:
         """The hidden conductance the updates act on (equal to ``g`` without write noise)."""
         return self._gp
@@ -304,26 +356,36 @@ class DeviceArray:
                 raise ValueError("pulse counts must be integers")
         elif n.dtype == torch.bool:
             raise ValueError("pulse counts must be integers, not booleans")
-        return n.to(torch.int64).expand(self.shape)
+        if n.dtype not in (torch.int32, torch.int64):
+            n = n.to(torch.int64)
+        return n.expand(self.shape)
 
-    def apply_pulses(self, n, generator: torch.Generator | None = None) -> torch.Tensor:
+    def apply_pulses(self, n, generator: torch.Generator | None = None, *,
+                     delta: bool = True) -> torch.Tensor | None:
         """Apply |n| pulses per device (n > 0 potentiation, n < 0 depression); returns the realised change of
-        ``g`` [S]. Stuck devices receive (and count) the pulses but do not change."""
+        ``g`` [S] (``delta=False``: ``None``, not computed). Stuck devices receive (and count) the pulses but do not
+        change. Integer counts (int32 counts stay int32)."""
         n = self._as_counts(n)
-        self.pulse_count += n.abs()
+        return self._apply_counts(n, n.abs(), generator, delta)
+
+    def _apply_counts(self, n: torch.Tensor, n_abs: torch.Tensor, generator: torch.Generator | None,
+                      delta: bool, bound: int | None = None) -> torch.Tensor | None:
+        """:meth:`apply_pulses` of checked counts ``n`` whose ``|n|`` the caller has already (``n_abs``; ``bound``:
+        an upper bound of it if known, see :class:`Tally`)."""
+        self._pulses.add(n_abs, bound)
         n_eff = torch.where(self.stuck, torch.zeros_like(n), n) if self._any_stuck else n
         pulsed = int(n_eff.count_nonzero())  # the indices only when sparse (a dense nonzero() is costly)
         if pulsed == 0:
-            return torch.zeros_like(self.g)
+            return torch.zeros_like(self.g) if delta else None
         if pulsed <= SPARSE_FRACTION * self.numel:
             # few devices pulsed (small stochastic-rounding updates): run the model on those devices only
             idx = n_eff.reshape(-1).nonzero().squeeze(1)
-            before = self.g.clone()  # the sparse path writes the pulsed devices in place
+            before = self.g.clone() if delta else None  # the sparse path writes the pulsed devices in place
             self._advance_at(idx, n_eff.reshape(-1)[idx], generator)
         else:
             before = self.g  # the dense path replaces the tensors
             self._advance_dense(n_eff, generator)
-        return self.g - before
+        return self.g - before if delta else None
 
     def apply_pulses_at(self, idx: torch.Tensor, n: torch.Tensor,
                         generator: torch.Generator | None = None) -> torch.Tensor:
@@ -360,7 +422,8 @@ class DeviceArray:
         """Advance every device by ``n_eff`` (stuck devices already zeroed) and redraw the write noise of the pulsed
         ones."""
         self._gp = self._advance(self._gp, n_eff, generator)
-        self._write_noise(n_eff != 0, generator)
+        if self._has_write_noise():
+            self._write_noise(n_eff != 0, generator)
 
     def _advance_at(self, idx: torch.Tensor, n_eff: torch.Tensor, generator) -> None:
         """Advance the devices ``idx`` (flat, distinct, ascending, not stuck) by ``n_eff`` (nonzero): the model runs
@@ -376,7 +439,7 @@ class DeviceArray:
             self._g_app = _scatter(app, idx, sub._g_app)
 
     # per-device tensors that the model of a subset does not read (counters, stuck masks, drift)
-    _NOT_IN_SUBSET = frozenset({"pulse_count", "stuck", "stuck_min", "stuck_max", "nu"})
+    _NOT_IN_SUBSET = frozenset({"stuck", "stuck_min", "stuck_max", "nu"})
 
     def _subset(self, idx: torch.Tensor) -> DeviceArray:
         """A shallow copy holding only the devices ``idx`` (flat indices): every per-device tensor the model reads
@@ -386,6 +449,7 @@ class DeviceArray:
         for key, value in self.__dict__.items():
             if isinstance(value, torch.Tensor) and value.shape == self.shape:
                 sub.__dict__[key] = None if key in self._NOT_IN_SUBSET else value.reshape(-1).index_select(0, idx)
+        sub._pulses = None  # the pulses are counted on the whole array
         sub.shape = torch.Size((idx.numel(),))
         return sub
 
@@ -462,9 +526,12 @@ class DeviceArray:
         return t
 
     # ------------------------------------------------------------------ model internals
+    def _has_write_noise(self) -> bool:
+        return self.model in STEP_MODELS and self.card.write_noise_std > 0
+
     def _write_noise(self, touched: torch.Tensor, generator) -> None:
         c = self.card
-        if self.model not in STEP_MODELS or c.write_noise_std <= 0:
+        if not self._has_write_noise():
             return
         sigma = c.write_noise_std * c.dw_min * c.w_range * self.s  # aihwkit: write_noise_std * dw_min, in S
         app = (self._gp + sigma * self._randn(generator=generator)).clamp(min=0.0)
@@ -488,11 +555,13 @@ class DeviceArray:
     def _ideal(self, gp: torch.Tensor, n: torch.Tensor, generator) -> torch.Tensor:
         c = self.card
         nf = n.to(self.dtype)
-        g = gp + nf * c.dg_nominal
         if c.c2c_sigma > 0:
+            g = gp + nf * c.dg_nominal
             g = g + torch.where(n != 0, c.c2c_sigma * c.g_range * nf.abs().sqrt() * self._randn(generator=generator),
                                 0.0)
-        return torch.minimum(torch.maximum(g, self.g_min), self.g_max)
+        else:  # gp + n·dg in place in the fresh nf (the same bits)
+            g = nf.mul_(c.dg_nominal).add_(gp)
+        return g.clamp_(min=self.g_min, max=self.g_max)  # min(max(g, g_min), g_max), in place
 
     def _closed_form_ok(self) -> bool:
         """Whether the closed form applies, decided at construction for the whole array: a subset of its devices
