@@ -39,6 +39,7 @@ import torch
 from .circuit import RK4, Bosh3, Dopri5, Euler, FixedTime, Heun, NodeField, SettleResult, SteadyState, settle
 from .crossbar import CrossbarLayer, Periphery
 from .crossbar.periphery import quantise
+from .crossbar.tile import is_power_of_two
 from .devices import DeviceCard, load_card
 from .estimators import Plan, check_rule, stack_phases
 from .network import Dense, LayeredNetwork
@@ -64,6 +65,19 @@ def make_solver(name: str, dt: float, tau: float, rtol: float = 1e-4, atol: floa
 _REST_NODE = {"clamp01": 0.0, "tanh": 0.0, "sigmoid": -40.0}  # HardwareNetwork.rest_state
 
 
+def _scaled(read, scale: float):
+    """``read(u, plus=None)`` (a new tensor) as ``scale·read(u) + plus``, computed as ``scale·read(u, plus/scale)``:
+    with ``scale`` a power of two, the same bits as the unscaled read scaled."""
+    if scale == 1.0:
+        return read
+
+    def scaled(u: torch.Tensor, plus: torch.Tensor | None = None) -> torch.Tensor:
+        out = read(u) if plus is None else read(u, plus=plus * (1.0 / scale))
+        return out.mul_(scale)
+
+    return scaled
+
+
 @dataclass
 class PhaseResult:
     """A settled phase: activities ``state``, node values ``u`` and the solver's report."""
@@ -71,6 +85,9 @@ class PhaseResult:
     state: State
     u: State
     settle: SettleResult
+    held: tuple | None = None
+    """``(inputs, input current, input array state)`` when the phase held an exact read of its static input: a
+    later phase on the same inputs may reuse the current (:meth:`HardwareNetwork.settle_phase`, ``after``)."""
 
 
 class HardwareNetwork:
@@ -191,25 +208,27 @@ class HardwareNetwork:
         return self.forward_arrays[k].transpose(post, t=self.read_time, bias_line=self.net.synapses[k].bias,
                                                 plus=plus)
 
-    def _phase_reads(self):
+    def _phase_reads(self, scale: float = 1.0):
         """The reads of one phase as functions: per synapse ``k`` its forward read ``fwd[k](pre)`` (bias line held)
         and its feedback ``fb[k](post, plus)`` (:meth:`_fwd`, :meth:`_fb`), and the read-out array's forward and
-        transposed reads. An array whose reads are exact (:meth:`CrossbarLayer.exact_reader`) is read by its
-        reader, made for the phase: the same products and counters without the per-read lookups, which cost as
-        much as the small products of a settling step."""
+        transposed reads; all but the read-out's forward read (the logits) times ``scale`` (a power of two: exact),
+        ``plus`` added after the scaling. An array whose reads are exact (:meth:`CrossbarLayer.exact_reader`) is
+        read by its reader, made for the phase: the same products and counters without the per-read lookups, which
+        cost as much as the small products of a settling step."""
         t, syns = self.read_time, self.net.synapses
         fwd, fb = [], []
         for k, syn in enumerate(syns):
             f_arr, b_arr = self.forward_arrays[k], self.backward_arrays[k]
-            fwd.append(f_arr.exact_reader(True, t=t, bias_line=syn.bias) or partial(self._fwd, k))
-            fb_exact = f_arr.exact_reader(False, t=t, bias_line=syn.bias) if b_arr is None else \
-                b_arr.exact_reader(False, t=t)
-            fb.append(fb_exact or partial(self._fb, k))
+            fwd.append(f_arr.exact_reader(True, t=t, bias_line=syn.bias, scale=scale)
+                       or _scaled(partial(self._fwd, k), scale))
+            fb_exact = f_arr.exact_reader(False, t=t, bias_line=syn.bias, scale=scale) if b_arr is None else \
+                b_arr.exact_reader(False, t=t, scale=scale)
+            fb.append(fb_exact or _scaled(partial(self._fb, k), scale))
         ro = self.readout_array
         if ro is None:
             return fwd, fb, None, None
         ro_f = ro.exact_reader(True, t=t) or partial(ro.forward, t=t)
-        ro_t = ro.exact_reader(False, t=t) or partial(ro.transpose, t=t)
+        ro_t = ro.exact_reader(False, t=t, scale=scale) or _scaled(partial(ro.transpose, t=t), scale)
         return fwd, fb, ro_f, ro_t
 
     def logits(self, state: State) -> torch.Tensor:
@@ -220,6 +239,34 @@ class HardwareNetwork:
     def field(self, x: torch.Tensor, y: torch.Tensor | None = None, beta: float | torch.Tensor = 0.0) -> NodeField:
         """The node equation of one phase: every evaluation reads every recurrent array once forward and once
         transposed (fresh read noise each time); the input array once per phase unless ``reread_input``."""
+        return self._field(x, y, beta)[0]
+
+    def _input_state(self) -> tuple:
+        """The input array's programmed state: its conductance tensors (held, so not recycled) and versions."""
+        a = self.forward_arrays[0].array
+        gp, gn = a.pos.g, a.neg.g
+        return gp, gn, gp._version, gn._version
+
+    def _reusable(self, after: PhaseResult | None, x: torch.Tensor, read0) -> torch.Tensor | None:
+        """The input current of ``after`` repeated for this phase's inputs ``x``, if a read now would return it: the
+        read is exact (a phase reader, not a noisy read), the input array has its state of then, and ``x`` is
+        ``after``'s inputs repeated. Else ``None``."""
+        if after is None or after.held is None or not hasattr(read0, "count"):
+            return None
+        x0, current, (gp, gn, vp, vn) = after.held
+        now = self._input_state()
+        if now[0] is not gp or now[1] is not gn or now[2:] != (vp, vn) or x.shape[0] % x0.shape[0]:
+            return None
+        reps = x.shape[0] // x0.shape[0]
+        if not torch.equal(x.reshape(reps, *x0.shape), x0.expand(reps, *x0.shape)):
+            return None
+        read0.count(x.shape[0])  # the read the circuit makes, counted
+        return current.repeat(reps, 1)
+
+    def _field(self, x: torch.Tensor, y: torch.Tensor | None, beta: float | torch.Tensor,
+               after: PhaseResult | None = None) -> tuple[NodeField, tuple | None]:
+        """:meth:`field` and the phase's ``held`` input read (:class:`PhaseResult`); ``after``: see
+        :meth:`settle_phase`."""
         net = self.net
         x = net.flatten_input(x).reshape(x.shape[0], -1)
         g, o = net.act.gain, net.act.offset
@@ -231,17 +278,28 @@ class HardwareNetwork:
             beta_col = beta if isinstance(beta, torch.Tensor) else torch.full((x.shape[0], 1), float(beta),
                                                                               dtype=x.dtype, device=x.device)
         n = len(net.synapses)
-
-        fwd, fb, ro_f, ro_t = self._phase_reads()
+        # the gain folded into the reads (bit for bit the same: a power of two scales exactly), the rest after them
+        scale = g if is_power_of_two(g) else 1.0
+        post_gain = g / scale
+        fwd, fb, ro_f, ro_t = self._phase_reads(scale)
+        if nudged and ro_f is None and scale != 1.0:
+            beta_col = beta_col * scale
         batch = x.shape[0]
+        flat_states = all(len(sh) == 1 for sh in net.state_shapes)  # (batch, n) states: no reshapes
         # the input lines carry a static input during a phase: unless reread_input, the first array is read once
         # per phase (one read-noise draw held for the phase, like a DC current); every other array every evaluation
-        drive = None if self.reread_input else fwd[0](x)
+        drive, held = None, None
+        if not self.reread_input:
+            drive = self._reusable(after, x, fwd[0])
+            if drive is None:
+                drive = fwd[0](x)
+            if hasattr(fwd[0], "count"):  # an exact read: a later phase on these inputs may reuse it
+                held = (x, drive, self._input_state())
 
         def target(s: State) -> list[torch.Tensor]:
             # node k sums its forward current with the feedback of synapse k + 1 (one fused read); every a[k] ends
             # a fresh tensor (the held drive is read from, never written), so what follows runs in place
-            flat = [sk.reshape(batch, -1) for sk in s]
+            flat = s if flat_states else [sk.reshape(batch, -1) for sk in s]
             a = [fwd[0](x) if drive is None else drive] + [fwd[k](flat[k - 1]) for k in range(1, n)]
             for k in range(1, n):
                 a[k - 1] = fb[k](flat[k], a[k - 1])
@@ -251,11 +309,16 @@ class HardwareNetwork:
                 if ro_f is None:
                     a[-1].addcmul_(beta_col, yo - flat[-1])
                 else:
-                    y_hat = torch.softmax(ro_f(flat[-1]), -1)
+                    y_hat = torch.softmax(ro_f(flat[-1]), -1)  # the logits, unscaled
                     a[-1].add_(ro_t(beta_col * (yo - y_hat)))
-            return [ak.mul_(g).add_(o).view(-1, *shape) for ak, shape in zip(a, net.state_shapes)]
+            for ak in a:
+                if post_gain != 1.0:
+                    ak.mul_(post_gain)
+                if o != 0.0:
+                    ak.add_(o)
+            return a if flat_states else [ak.view(-1, *shape) for ak, shape in zip(a, net.state_shapes)]
 
-        return NodeField(target, net.act.unit_fn, self.tau)
+        return NodeField(target, net.act.unit_fn, self.tau), held
 
     def rest_state(self, batch: int) -> State:
         """Node values of the reset circuit, from which a free phase starts: their activities are the reference's
@@ -269,21 +332,26 @@ class HardwareNetwork:
 
     @torch.no_grad()
     def settle_phase(self, x: torch.Tensor, u0: State | None, steps: int, *, y=None, beta=0.0, solver=None,
-                     tol: float | None = None) -> PhaseResult:
+                     tol: float | None = None, after: PhaseResult | None = None) -> PhaseResult:
         """Settle one phase for ``steps·τ`` seconds at most (from ``u0``; ``None``: :meth:`rest_state`).
 
         ``solver`` defaults to explicit Euler with ``dt = τ``; ``tol`` (weight units, on ``max|z − u|``) stops
         early at a steady state, otherwise the phase runs exactly ``steps·τ`` (the reference's T or K steps).
+        ``after``: an earlier phase (the free phase before the nudged ones); when its input read was exact, the
+        input array is unchanged since and ``x`` is its inputs repeated, its input current is reused for this
+        phase's input read (counted as a read: the current it would return, computed once).
         """
-        f = self.field(x, y, beta)
+        f, held = self._field(x, y, beta, after)
         if u0 is None:
             u0 = self.rest_state(x.shape[0])
         if solver is None and tol is None:
-            return self._euler_tau(f, u0, steps)
+            res = self._euler_tau(f, u0, steps)
+            res.held = held
+            return res
         solver = solver if solver is not None else Euler(self.tau)
         stop = FixedTime(steps * self.tau) if tol is None else SteadyState(tol, steps * self.tau)
         res = settle(f, u0, solver=solver, stop=stop)
-        return PhaseResult(res.s, res.u, res)
+        return PhaseResult(res.s, res.u, res, held)
 
     def _euler_tau(self, f: NodeField, u0: State, steps: int) -> PhaseResult:
         """Explicit Euler with ``dt = τ`` for ``steps`` steps, written as what it is: ``u ← z(σ̃(u))``.
@@ -296,9 +364,11 @@ class HardwareNetwork:
         u = list(u0)
         s = f.state(u)
         prev = s
-        for _ in range(steps):
+        unit_ = self.net.act.unit_
+        for i in range(steps):
             u = f.target(s)
-            prev, s = s, f.state(u)
+            # the output stage in place on the fresh node values, but at the last step (u is returned)
+            prev, s = s, (f.state(u) if i == steps - 1 else [unit_(uk) for uk in u])
         residual = torch.stack([(a - b).abs().flatten(1).amax(1) for a, b in zip(s, prev)]).amax(0)
         res = SettleResult(u, s, steps * self.tau, None, None, residual, steps, 0, steps, "t_end")
         return PhaseResult(s, u, res)

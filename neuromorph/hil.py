@@ -135,7 +135,7 @@ class HardwareTrainer:
             xJ = xb.repeat(J, *([1] * (xb.dim() - 1)))
             u0 = [u.repeat(J, *([1] * (u.dim() - 1))) for u in free.u]
             nudged = hw.settle_phase(xJ, u0, ec.K, y=yb.repeat(J), beta=_rows(plan.betas, B, free.state[0]),
-                                     solver=self.solver, tol=h.settle_tol or None)
+                                     solver=self.solver, tol=h.settle_tol or None, after=free)
             rows = hw.outer_products(xb, yb, free.state, nudged.state, plan, ec.rule)
             hw.apply_update(rows, B, lrs, mode=h.update, leakage=tc.weight_decay, threshold=h.manhattan_threshold,
                             refresh_threshold=h.refresh_threshold, shared=hw.shared_arrays(ec.rule))

@@ -83,6 +83,42 @@ def test_phase_readers_give_the_per_read_path_bit_for_bit(monkeypatch, loss, uni
     assert all(c[1] > 0 for c in c_fast.values()) == read_noise
 
 
+def test_nudged_phase_reuses_the_free_phase_input_current_only_when_a_read_would_return_it(monkeypatch):
+    """``settle_phase(after=free)``: the nudged phases take the free phase's held input current (the input array read
+    exactly, unchanged, the same inputs repeated), counted as the read it replaces; otherwise the input is read."""
+    reused = []
+    orig = HardwareNetwork._reusable
+    monkeypatch.setattr(HardwareNetwork, "_reusable", lambda self, *a: reused.append(orig(self, *a)) or reused[-1])
+
+    def nudge(hw, x, y, after, x_nudged=None):
+        free = hw.settle_phase(x, None, 12)
+        xs = x.repeat(2, 1) if x_nudged is None else x_nudged
+        res = hw.settle_phase(xs, [u.repeat(2, 1) for u in free.u], 7, y=y.repeat(2),
+                              beta=_rows((0.5, -0.5), x.shape[0], x), after=free if after else None)
+        return res, {n: a.stats() for n, a in hw.arrays().items()}
+
+    hw, _, x, y = make("xent")
+    with_reuse, c_with = nudge(hw, x, y, True)
+    assert reused[-1] is not None
+    hw, _, x, y = make("xent")
+    without, c_without = nudge(hw, x, y, False)
+    assert c_with == c_without  # the same reads counted
+    assert _max_diff(with_reuse.state, without.state) < 1e-12  # the same current (a batch of B vs 2B rows)
+    hw, _, x, y = make("xent")
+    nudge(hw, x, y, True, x_nudged=torch.cat([x, x.flip(0)]))  # other inputs: read
+    assert reused[-1] is None
+    hw, _, x, y = make("xent", card=dataclasses.replace(load_card("ideal"), read_noise_std=0.01),
+                       periphery=Periphery.ideal(read_noise=True))
+    nudge(hw, x, y, True)  # a noisy input read: the circuit reads again (a new draw)
+    assert reused[-1] is None
+    hw, _, x, y = make("xent")
+    free = hw.settle_phase(x, None, 12)
+    hw.forward_arrays[0].program(torch.full(hw.forward_arrays[0].array.shape, 0.01, dtype=F64))
+    hw.settle_phase(x.repeat(2, 1), [u.repeat(2, 1) for u in free.u], 3, y=y.repeat(2),
+                    beta=_rows((0.5, -0.5), x.shape[0], x), after=free)  # the input array was programmed since
+    assert reused[-1] is None
+
+
 def test_exact_reader_refuses_a_reprogrammed_array():
     hw, _, x, _ = make("mse")
     arr = hw.forward_arrays[1]
@@ -93,6 +129,24 @@ def test_exact_reader_refuses_a_reprogrammed_array():
     with pytest.raises(RuntimeError, match="programmed since"):
         read(s)
     assert torch.equal(arr.exact_reader(True, bias_line=True)(s), arr.forward(s, bias_line=True))
+
+
+def test_scaled_exact_reads_are_the_reads_scaled_bit_for_bit():
+    """The settling folds a power-of-two gain into the reads (``scale``): bit for bit ``scale ×`` the read plus the
+    already-scaled other currents; any other scale is refused (it would not be exact)."""
+    hw, _, _, _ = make("mse")
+    g = torch.Generator().manual_seed(3)
+    for arr, bias in ((hw.forward_arrays[1], True), (hw.forward_arrays[2], False)):
+        u = torch.rand(5, arr.in_features - bias, generator=g, dtype=torch.float32).to(F64)
+        v = torch.rand(5, arr.out_features, generator=g, dtype=F64)
+        plus = torch.randn(5, arr.in_features - bias, generator=g, dtype=F64)
+        for scale in (4.0, 0.5, 1.0):
+            fwd = arr.exact_reader(True, bias_line=bias, scale=scale)
+            assert torch.equal(fwd(u), scale * arr.forward(u, bias_line=bias))
+            back = arr.exact_reader(False, bias_line=bias, scale=scale)
+            assert torch.equal(back(v, scale * plus), scale * arr.transpose(v, bias_line=bias, plus=plus))
+    with pytest.raises(ValueError, match="power of two"):
+        hw.forward_arrays[0].exact_reader(True, scale=3.0)
 
 
 def test_noisy_or_quantised_reads_have_no_exact_reader():

@@ -53,15 +53,23 @@ from .irdrop import NodalSolver, currents_from_nodes, solve_iterative
 from .pairs import DifferentialArray, PulseTrainParams
 from .periphery import Periphery
 
-__all__ = ["CrossbarTile", "CrossbarLayer"]
+__all__ = ["CrossbarTile", "CrossbarLayer", "is_power_of_two"]
 
 
-def _exact_product(u: torch.Tensor, w: torch.Tensor, last: torch.Tensor | None,
-                   plus: torch.Tensor | None) -> torch.Tensor:
-    """An exact read: ``u w (+ last) (+ plus)``, one fused product when anything is added."""
+def _exact_product(u: torch.Tensor, w: torch.Tensor, last: torch.Tensor | None, plus: torch.Tensor | None,
+                   alpha: float = 1.0) -> torch.Tensor:
+    """An exact read: ``alpha·(u w) (+ last) (+ plus)``, one fused product when anything is added."""
     if last is not None:
         plus = last if plus is None else plus + last
-    return u @ w if plus is None else torch.addmm(plus, u, w)
+    if plus is None:
+        out = u @ w
+        return out if alpha == 1.0 else out.mul_(alpha)
+    return torch.addmm(plus, u, w) if alpha == 1.0 else torch.addmm(plus, u, w, alpha=alpha)
+
+
+def is_power_of_two(x: float) -> bool:
+    """``x = 2^k`` (k an integer, either sign): multiplying by it is exact in binary floating point."""
+    return isinstance(x, int | float) and x > 0 and math.isfinite(x) and math.frexp(x)[0] == 0.5
 
 
 class CrossbarTile:
@@ -330,34 +338,44 @@ class CrossbarLayer:
         last = self._derived(gp, gn, "w_last") if bias_line and forward else None
         return (w.T if forward else w), last
 
-    def exact_reader(self, forward: bool = True, *, t: float | None = None, bias_line: bool = False):
+    def exact_reader(self, forward: bool = True, *, t: float | None = None, bias_line: bool = False,
+                     scale: float = 1.0):
         """A read of this layer as a plain function ``read(u, plus=None)``, for a loop that reads the same
         programmed state many times (the settling of one phase), or ``None`` when reads are not exact (module
         docstring: the periphery is not ideal, or a read at ``t`` has noise or drift).
 
         ``read`` is :meth:`forward` (``forward=True``) or :meth:`transpose` for a checked ``(batch, n)`` input of the
         layer's dtype and device, with the same result and the same read counters, without the per-call checks and
-        lookups. It belongs to the programmed state it was made for: programming the array afterwards makes it
-        raise (make a new one)."""
+        lookups; ``scale`` (a power of two) multiplies the read, bit for bit ``scale ×`` the read, in its product:
+        ``read(u, plus)`` is then ``scale·read(u) + plus`` (a node's gain folded into its currents). It belongs to the
+        programmed state it was made for: programming the array afterwards makes it raise (make a new one)."""
+        if not is_power_of_two(scale):
+            raise ValueError(f"scale = {scale!r}: a power of two is required (an exact scaling)")
         if not (self._ideal_periphery and self.array.reads_exact(t, noise=self.periphery.read_noise)):
             return None
         array, pos, neg = self.array, self.array.pos, self.array.neg
         gp, gn = pos.g, neg.g
         state = (gp._version, gn._version)
         w, last = self._exact_operands(gp, gn, forward, bias_line)
+        if last is not None and scale != 1.0:
+            last = last * scale
         calls, samples = _CALL_KEYS[forward]
         counters, noise = self._calls, self.periphery.read_noise
+
+        def count(batch: int) -> None:
+            array.count_exact_read(batch, noise=noise)
+            counters[calls] += 1
+            counters[samples] += batch
 
         def read(u: torch.Tensor, plus: torch.Tensor | None = None) -> torch.Tensor:
             if pos.g is not gp or neg.g is not gn or (gp._version, gn._version) != state:
                 raise RuntimeError("the array was programmed since this reader was made: make a new one")
             if u.dtype != w.dtype:
                 u = u.to(w.dtype)
-            array.count_exact_read(u.shape[0], noise=noise)
-            counters[calls] += 1
-            counters[samples] += u.shape[0]
-            return _exact_product(u, w, last, plus)
+            count(u.shape[0])
+            return _exact_product(u, w, last, plus, scale)
 
+        read.count = count  # the counters of one read of a batch, for a caller that has its result already
         return read
 
     def forward(self, x: torch.Tensor, *, t: float | None = None, bias_line: bool = False) -> torch.Tensor:
