@@ -65,15 +65,16 @@ def make_solver(name: str, dt: float, tau: float, rtol: float = 1e-4, atol: floa
 _REST_NODE = {"clamp01": 0.0, "tanh": 0.0, "sigmoid": -40.0}  # HardwareNetwork.rest_state
 
 
-def _scaled(read, scale: float):
-    """``read(u, plus=None)`` (a new tensor) as ``scale·read(u) + plus``, computed as ``scale·read(u, plus/scale)``:
-    with ``scale`` a power of two, the same bits as the unscaled read scaled."""
-    if scale == 1.0:
+def _scaled(read, scale: float, shift: float = 0.0):
+    """``read(u, plus=None)`` (a new tensor) as ``scale·read(u) + shift + plus`` (the generic reads' form of
+    :meth:`CrossbarLayer.exact_reader`'s ``scale`` and ``shift``)."""
+    if scale == 1.0 and shift == 0.0:
         return read
 
     def scaled(u: torch.Tensor, plus: torch.Tensor | None = None) -> torch.Tensor:
         out = read(u) if plus is None else read(u, plus=plus * (1.0 / scale))
-        return out.mul_(scale)
+        out = out.mul_(scale) if scale != 1.0 else out
+        return out.add_(shift) if shift != 0.0 else out
 
     return scaled
 
@@ -208,19 +209,20 @@ class HardwareNetwork:
         return self.forward_arrays[k].transpose(post, t=self.read_time, bias_line=self.net.synapses[k].bias,
                                                 plus=plus)
 
-    def _phase_reads(self, scale: float = 1.0):
+    def _phase_reads(self, scale: float = 1.0, shift: float = 0.0):
         """The reads of one phase as functions: per synapse ``k`` its forward read ``fwd[k](pre)`` (bias line held)
         and its feedback ``fb[k](post, plus)`` (:meth:`_fwd`, :meth:`_fb`), and the read-out array's forward and
         transposed reads; all but the read-out's forward read (the logits) times ``scale`` (a power of two: exact),
-        ``plus`` added after the scaling. An array whose reads are exact (:meth:`CrossbarLayer.exact_reader`) is
-        read by its reader, made for the phase: the same products and counters without the per-read lookups, which
-        cost as much as the small products of a settling step."""
+        ``plus`` added after the scaling, the forward reads plus ``shift`` (a node's offset, once per node). An array
+        whose reads are exact (:meth:`CrossbarLayer.exact_reader`) is read by its reader, made for the phase: the
+        same products and counters without the per-read lookups, which cost as much as the small products of a
+        settling step."""
         t, syns = self.read_time, self.net.synapses
         fwd, fb = [], []
         for k, syn in enumerate(syns):
             f_arr, b_arr = self.forward_arrays[k], self.backward_arrays[k]
-            fwd.append(f_arr.exact_reader(True, t=t, bias_line=syn.bias, scale=scale)
-                       or _scaled(partial(self._fwd, k), scale))
+            fwd.append(f_arr.exact_reader(True, t=t, bias_line=syn.bias, scale=scale, shift=shift)
+                       or _scaled(partial(self._fwd, k), scale, shift))
             fb_exact = f_arr.exact_reader(False, t=t, bias_line=syn.bias, scale=scale) if b_arr is None else \
                 b_arr.exact_reader(False, t=t, scale=scale)
             fb.append(fb_exact or _scaled(partial(self._fb, k), scale))
@@ -278,10 +280,11 @@ class HardwareNetwork:
             beta_col = beta if isinstance(beta, torch.Tensor) else torch.full((x.shape[0], 1), float(beta),
                                                                               dtype=x.dtype, device=x.device)
         n = len(net.synapses)
-        # the gain folded into the reads (bit for bit the same: a power of two scales exactly), the rest after them
-        scale = g if is_power_of_two(g) else 1.0
-        post_gain = g / scale
-        fwd, fb, ro_f, ro_t = self._phase_reads(scale)
+        # the gain and the offset folded into the reads (z = γ·I + o: the forward read of each node carries o, as the
+        # reference's constants do), unless the gain is not a power of two (then z = γ·(I) + o after the reads)
+        folded = is_power_of_two(g)
+        scale = g if folded else 1.0
+        fwd, fb, ro_f, ro_t = self._phase_reads(scale, o if folded else 0.0)
         if nudged and ro_f is None and scale != 1.0:
             beta_col = beta_col * scale
         batch = x.shape[0]
@@ -311,11 +314,9 @@ class HardwareNetwork:
                 else:
                     y_hat = torch.softmax(ro_f(flat[-1]), -1)  # the logits, unscaled
                     a[-1].add_(ro_t(beta_col * (yo - y_hat)))
-            for ak in a:
-                if post_gain != 1.0:
-                    ak.mul_(post_gain)
-                if o != 0.0:
-                    ak.add_(o)
+            if not folded:
+                for ak in a:
+                    ak.mul_(g).add_(o)
             return a if flat_states else [ak.view(-1, *shape) for ak, shape in zip(a, net.state_shapes)]
 
         return NodeField(target, net.act.unit_fn, self.tau), held
@@ -493,9 +494,13 @@ class HardwareNetwork:
         arrays = self.arrays()
         if set(rows) != set(arrays):
             raise ValueError(f"update rows for {sorted(rows)} but the arrays are {sorted(arrays)}")
-        for name, (pre, post) in rows.items():
-            if not (bool(torch.isfinite(pre).all()) and bool(torch.isfinite(post).all())):
-                raise ValueError(f"the update rows of {name} contain non-finite values")
+        # one float64 sum per tensor: a NaN or an infinity anywhere makes the total non-finite (a float32 row cannot
+        # overflow it); then the culprit is looked for
+        if not math.isfinite(float(sum(t.sum(dtype=torch.float64) for pair in rows.values() for t in pair))):
+            for name, (pre, post) in rows.items():
+                if not (bool(torch.isfinite(pre).all()) and bool(torch.isfinite(post).all())):
+                    raise ValueError(f"the update rows of {name} contain non-finite values")
+            raise ValueError("the update rows are too large to be summed in float64")
         counts: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
         out = {}
         for name, arr in arrays.items():

@@ -240,7 +240,7 @@ class DifferentialArray:
         # per device: the total pulses are the devices' own pulse_count; here the net (potentiation - depression):
         # up = (total + net)/2, down = (total - net)/2
         self._net = {k: _models.Tally(self.shape, self.device) for k in ("pos", "neg")}
-        self._n = {"pulses_program": 0, "pulses_refresh": 0, "pulses_set": 0, "reads": 0, "reads_refresh": 0,
+        self._n = {"pulses_refresh": 0, "pulses_set": 0, "reads": 0, "reads_refresh": 0,
                    "refreshes": 0, "refresh_calls": 0, "updates": 0}
         self.last_representable_fraction = 1.0
         if weights is not None:
@@ -369,13 +369,11 @@ class DifferentialArray:
         n_pos = nf.clamp_(min=0).sub_(k).to(n.dtype)
         return n_pos, n_pos - n
 
-    def _count(self, key: str, n: torch.Tensor, a: torch.Tensor | None = None, bound: int | None = None) -> int:
-        """Add signed pulse counts ``n`` of device array ``key`` ("pos" | "neg") to its net counter (``a``: ``|n|``
-        if the caller has it; ``bound``: a bound of it, :class:`~neuromorph.devices.models.Tally`); returns Σ|n|.
+    def _count(self, key: str, n: torch.Tensor) -> int:
+        """Add signed pulse counts ``n`` of device array ``key`` ("pos" | "neg") to its net counter; returns Σ|n|.
         The totals are counted by the device as it receives the pulses."""
-        a = n.abs() if a is None else a
-        self._net[key].add(n, bound)
-        return _int_total(a)
+        self._net[key].add(n)
+        return _int_total(n.abs())
 
     def _count_at(self, key: str, idx: torch.Tensor, n: torch.Tensor) -> int:
         """:meth:`_count` for the counts ``n`` of the devices at flat indices ``idx`` (distinct)."""
@@ -390,12 +388,12 @@ class DifferentialArray:
         for dev, n, key, sign in ((self.pos, n_pos, "pos", 1.0), (self.neg, n_neg, "neg", -1.0)):
             n = dev._as_counts(n)
             a = n.abs()
-            fired = self._count(key, n, a, bound)
-            if fired:
-                dg = dev._apply_counts(n, a, None, realised, bound)
-                if realised:
-                    out.add_(dg, alpha=sign / self.g0)
-            self._n[kind] += fired
+            self._net[key].add(n, bound)
+            if kind != "pulses_program":  # programming pulses are the rest of the devices' totals (stats)
+                self._n[kind] += _int_total(a)
+            dg = dev._apply_counts(n, a, None, realised, bound)
+            if realised:
+                out.add_(dg, alpha=sign / self.g0)
         return out
 
     def _fire_at(self, idx: torch.Tensor, n_pos: torch.Tensor, n_neg: torch.Tensor, kind: str) -> torch.Tensor:
@@ -407,7 +405,8 @@ class DifferentialArray:
             fired = self._count_at(key, idx, n)
             if fired:
                 out.add_(dev.apply_pulses_at(idx, n), alpha=sign / self.g0)
-            self._n[kind] += fired
+            if kind != "pulses_program":
+                self._n[kind] += fired
         return out
 
     def _request(self, n: torch.Tensor, kind: str = "pulses_program", realised: bool = True) -> torch.Tensor | None:
@@ -669,6 +668,8 @@ class DifferentialArray:
         p.update({f"{k}_down": (tot[f"{k}_total"] - tot[f"{k}_net"]) // 2 for k in ("pos", "neg")})
         n = dict(self._n)
         pulses = sum(p.values())
+        # every pulse is counted by its device; the programming pulses are those not counted by set or refresh
+        n["pulses_program"] = pulses - n["pulses_set"] - n["pulses_refresh"]
         c = self.card
         e_p = c.pulse_energy * pulses
         e_r = c.energy_per_read * n["reads"]

@@ -339,15 +339,16 @@ class CrossbarLayer:
         return (w.T if forward else w), last
 
     def exact_reader(self, forward: bool = True, *, t: float | None = None, bias_line: bool = False,
-                     scale: float = 1.0):
+                     scale: float = 1.0, shift: float = 0.0):
         """A read of this layer as a plain function ``read(u, plus=None)``, for a loop that reads the same
         programmed state many times (the settling of one phase), or ``None`` when reads are not exact (module
         docstring: the periphery is not ideal, or a read at ``t`` has noise or drift).
 
         ``read`` is :meth:`forward` (``forward=True``) or :meth:`transpose` for a checked ``(batch, n)`` input of the
         layer's dtype and device, with the same result and the same read counters, without the per-call checks and
-        lookups; ``scale`` (a power of two) multiplies the read, bit for bit ``scale ×`` the read, in its product:
-        ``read(u, plus)`` is then ``scale·read(u) + plus`` (a node's gain folded into its currents). It belongs to the
+        lookups; ``scale`` (a power of two) multiplies the read, bit for bit ``scale ×`` the read, in its product,
+        and ``shift`` is added to every output with the bias line's current: ``read(u, plus)`` is then
+        ``scale·read(u) + shift + plus`` (a node's gain and offset folded into its currents). It belongs to the
         programmed state it was made for: programming the array afterwards makes it raise (make a new one)."""
         if not is_power_of_two(scale):
             raise ValueError(f"scale = {scale!r}: a power of two is required (an exact scaling)")
@@ -359,6 +360,10 @@ class CrossbarLayer:
         w, last = self._exact_operands(gp, gn, forward, bias_line)
         if last is not None and scale != 1.0:
             last = last * scale
+        if shift != 0.0:
+            n_out = w.shape[1]
+            last = torch.full((n_out,), float(shift), dtype=w.dtype, device=w.device) if last is None else \
+                last + shift
         calls, samples = _CALL_KEYS[forward]
         counters, noise = self._calls, self.periphery.read_noise
 
