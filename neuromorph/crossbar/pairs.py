@@ -377,7 +377,7 @@ class DifferentialArray:
 
     def _count_at(self, key: str, idx: torch.Tensor, n: torch.Tensor) -> int:
         """:meth:`_count` for the counts ``n`` of the devices at flat indices ``idx`` (distinct)."""
-        self._net[key].value.view(-1).index_add_(0, idx, n)
+        _models._add_at(self._net[key].value, idx, n)
         return _int_total(n.abs())
 
     def _fire(self, n_pos: torch.Tensor, n_neg: torch.Tensor, kind: str, realised: bool = True,
@@ -396,15 +396,18 @@ class DifferentialArray:
                 out.add_(dg, alpha=sign / self.g0)
         return out
 
-    def _fire_at(self, idx: torch.Tensor, n_pos: torch.Tensor, n_neg: torch.Tensor, kind: str) -> torch.Tensor:
+    def _fire_at(self, idx: torch.Tensor, n_pos: torch.Tensor, n_neg: torch.Tensor, kind: str,
+                 realised: bool = True) -> torch.Tensor | None:
         """:meth:`_fire` for the pairs at flat indices ``idx`` only (every other pair gets no pulse); returns the
-        realised ΔW at ``idx``."""
-        out = torch.zeros(idx.shape, dtype=self.dtype, device=self.device)
+        realised ΔW at ``idx`` (``realised=False``: ``None``, not computed)."""
+        out = torch.zeros(idx.shape, dtype=self.dtype, device=self.device) if realised else None
         for dev, n, key, sign in ((self.pos, n_pos, "pos", 1.0), (self.neg, n_neg, "neg", -1.0)):
-            n = n.to(torch.int64)  # the counters' dtype (index_add_)
+            n = n.to(torch.int64)  # the counters' dtype
             fired = self._count_at(key, idx, n)
             if fired:
-                out.add_(dev.apply_pulses_at(idx, n), alpha=sign / self.g0)
+                dg = dev.apply_pulses_at(idx, n, delta=realised)
+                if realised:
+                    out.add_(dg, alpha=sign / self.g0)
             if kind != "pulses_program":
                 self._n[kind] += fired
         return out
@@ -413,8 +416,8 @@ class DifferentialArray:
         """Fire one request of signed pulse counts ``n`` (weight direction, shape of the array) through the pair
         policy; returns the realised ΔW. When at most ``SPARSE_FRACTION`` of the pairs get pulses (the usual
         training update), everything after one ``nonzero`` works on those pairs only: the split (it needs
-        ``G+ - G-`` there only), the counters (``index_add_``), the device models (``apply_pulses_at``) and the
-        realised ΔW (scattered into zeros). Otherwise the dense path: the same results. ``realised=False``: the
+        ``G+ - G-`` there only), the counters (gathered, added, scattered), the device models (``apply_pulses_at``)
+        and the realised ΔW (scattered into zeros). Otherwise the dense path: the same results. ``realised=False``: the
         realised ΔW is not built, ``None`` is returned."""
         n = n if n.dtype in _COUNT_DTYPES else n.to(torch.int64)
         flat = n.reshape(-1)
@@ -428,7 +431,7 @@ class DifferentialArray:
             idx = flat.nonzero().squeeze(1)
             versions = (self.pos.g._version, self.neg.g._version)
             n_pos, n_neg = self._split(flat.index_select(0, idx), idx)
-            dw = self._fire_at(idx, n_pos, n_neg, kind)
+            dw = self._fire_at(idx, n_pos, n_neg, kind, realised)
             if realised:
                 out.view(-1).index_copy_(0, idx, dw)
             for listener in self.listeners:  # e.g. a tile patching what it derives from the conductances

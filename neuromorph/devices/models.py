@@ -100,6 +100,13 @@ def _scatter(g: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.
     return g
 
 
+def _add_at(t: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> None:
+    """``t.flat[idx] += values`` in place for distinct ``idx`` (gather, add, scatter: several times faster than
+    ``index_add_`` on a CPU for large index sets)."""
+    flat = t.view(-1)
+    flat.index_copy_(0, idx, flat.index_select(0, idx).add_(values))
+
+
 _INT32_MAX = 2 ** 31 - 1
 
 
@@ -387,11 +394,12 @@ class DeviceArray:
             self._advance_dense(n_eff, generator)
         return self.g - before if delta else None
 
-    def apply_pulses_at(self, idx: torch.Tensor, n: torch.Tensor,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+    def apply_pulses_at(self, idx: torch.Tensor, n: torch.Tensor, generator: torch.Generator | None = None, *,
+                        delta: bool = True) -> torch.Tensor | None:
         """:meth:`apply_pulses` for sparse counts: ``n[i]`` pulses on the device of flat index ``idx[i]`` (``idx``:
         distinct, ascending int64 indices into the flattened array; ``n``: integer counts, zeros allowed), none on
-        the others. Returns the realised change of ``g`` [S] at ``idx`` (shape of ``idx``). Same state, counters
+        the others. Returns the realised change of ``g`` [S] at ``idx`` (shape of ``idx``; ``delta=False``: ``None``,
+        not computed). Same state, counters
         and random draws as ``apply_pulses`` of the scattered counts, without a pass over the whole array except
         the writes of the pulsed devices (in place: the tensors' ``_version`` moves, see :meth:`_advance_at`)."""
         if idx.dim() != 1 or n.shape != idx.shape:
@@ -400,23 +408,23 @@ class DeviceArray:
         pc = self.pulse_count
         if not pc.is_contiguous():
             self.pulse_count = pc = pc.contiguous()
-        pc.view(-1).index_add_(0, idx, n.abs())
+        _add_at(pc, idx, n.abs())
         live = n != 0
         if self._any_stuck:
             live &= ~self.stuck.reshape(-1).index_select(0, idx)
         j = live.nonzero().squeeze(1)
-        out = torch.zeros(idx.shape, dtype=self.dtype, device=self.device)
+        out = torch.zeros(idx.shape, dtype=self.dtype, device=self.device) if delta else None
         if j.numel() == 0:
             return out
         sel, n_sel = idx.index_select(0, j), n.index_select(0, j)
-        before = self.g.reshape(-1).index_select(0, sel)
+        before = self.g.reshape(-1).index_select(0, sel) if delta else None
         if j.numel() <= SPARSE_FRACTION * self.numel:
             self._advance_at(sel, n_sel, generator)
         else:  # as apply_pulses: the dense model path beyond SPARSE_FRACTION
             n_eff = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
             n_eff.view(-1).index_copy_(0, sel, n_sel)
             self._advance_dense(n_eff, generator)
-        return out.index_copy_(0, j, self.g.reshape(-1).index_select(0, sel) - before)
+        return out.index_copy_(0, j, self.g.reshape(-1).index_select(0, sel) - before) if delta else None
 
     def _advance_dense(self, n_eff: torch.Tensor, generator) -> None:
         """Advance every device by ``n_eff`` (stuck devices already zeroed) and redraw the write noise of the pulsed
@@ -430,6 +438,13 @@ class DeviceArray:
         on the gathered devices (:meth:`_subset`, random draws of their size), the result is scattered into the
         conductance tensors in place (no copy of the array per update; readers that cache what they derive from
         ``g`` key it on the tensor and its ``_version``, which every in-place write moves)."""
+        if self._loops():  # the pulse loop gathers what it reads itself: no subset array
+            where, values = self._step_at(self._gp, idx, n_eff, generator)
+            self._gp = _scatter(self._gp, where, values)
+            if self._has_write_noise():
+                app = self._with_write_noise(self._gp.reshape(-1).index_select(0, idx), generator)
+                self._g_app = _scatter(self._g_app if self._g_app is not None else self._gp.clone(), idx, app)
+            return
         sub = self._subset(idx)
         sub._gp = sub._advance(sub._gp, n_eff, generator)
         sub._write_noise(torch.ones(idx.numel(), dtype=torch.bool, device=self.device), generator)
@@ -529,12 +544,16 @@ class DeviceArray:
     def _has_write_noise(self) -> bool:
         return self.model in STEP_MODELS and self.card.write_noise_std > 0
 
-    def _write_noise(self, touched: torch.Tensor, generator) -> None:
+    def _with_write_noise(self, gp: torch.Tensor, generator) -> torch.Tensor:
+        """Persistent conductances ``gp`` (any shape) as applied: plus a fresh write noise draw, at least 0 S."""
         c = self.card
+        sigma = c.write_noise_std * c.dw_min * c.w_range * self.s  # aihwkit: write_noise_std * dw_min, in S
+        return (gp + sigma * self._randn(gp.shape, generator)).clamp(min=0.0)
+
+    def _write_noise(self, touched: torch.Tensor, generator) -> None:
         if not self._has_write_noise():
             return
-        sigma = c.write_noise_std * c.dw_min * c.w_range * self.s  # aihwkit: write_noise_std * dw_min, in S
-        app = (self._gp + sigma * self._randn(generator=generator)).clamp(min=0.0)
+        app = self._with_write_noise(self._gp, generator)
         base = self._gp if self._g_app is None else self._g_app
         self._g_app = torch.where(touched, app, base)
 
@@ -599,16 +618,29 @@ class DeviceArray:
         return rm * w + c * geo
 
     def _step_loop(self, gp: torch.Tensor, n: torch.Tensor, generator) -> torch.Tensor:
-        c = self.card
         flat_n = n.reshape(-1)
         idx = torch.nonzero(flat_n, as_tuple=True)[0]
-        m = flat_n[idx].abs()
-        m, order = torch.sort(m, descending=True)
-        idx = idx[order]
-        up = flat_n[idx] > 0
+        idx, values = self._step_at(gp, idx, flat_n.index_select(0, idx), generator)
+        out = gp.reshape(-1).clone()
+        out.index_copy_(0, idx, values)
+        return out.reshape(self.shape)
+
+    def _loops(self) -> bool:
+        """Whether the model runs pulse by pulse (:meth:`_step_at`): a step model without a closed form."""
+        return self.model not in ("neurosim", "ideal") and not self._closed_form_ok()
+
+    def _step_at(self, gp: torch.Tensor, idx: torch.Tensor, n_idx: torch.Tensor,
+                 generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step models' pulse-by-pulse update of the devices ``idx`` (flat) by their nonzero counts ``n_idx``,
+        on those devices only. Returns the devices (reordered: by descending count) and their new persistent
+        conductances [S]; the loop over pulses ``k`` runs on the devices with more than ``k`` pulses."""
+        c = self.card
+        m, order = torch.sort(n_idx.abs(), descending=True)
+        idx = idx.index_select(0, order)
+        up = n_idx.index_select(0, order) > 0
 
         def take(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(-1)[idx]
+            return x.reshape(-1).index_select(0, idx)
 
         w = (take(gp) - self.g_ref) / self.s
         b_min, b_max, s_up, s_dn = take(self.b_min), take(self.b_max), take(self.s_up), take(self.s_dn)
@@ -645,9 +677,7 @@ class DeviceArray:
                 else:
                     dw = det + step[:a] * (1 + sigma * self._randn((a,), generator))
             w[:a] = torch.minimum(torch.maximum(ws + dw, b_min[:a]), b_max[:a])
-        out = gp.reshape(-1).clone()
-        out[idx] = self.g_ref + self.s * w
-        return out.reshape(self.shape)
+        return idx, self.g_ref + self.s * w
 
     # ------------------------------------------------------------------ deterministic traces
     def _deterministic(self) -> bool:
