@@ -629,6 +629,18 @@ class DeviceArray:
         """Whether the model runs pulse by pulse (:meth:`_step_at`): a step model without a closed form."""
         return self.model not in ("neurosim", "ideal") and not self._closed_form_ok()
 
+    _STEP_PARAMS = ("b_min", "b_max", "s_up", "s_dn", "k_up", "k_dn")
+
+    def _step_table(self) -> torch.Tensor:
+        """The per-device parameters of the step models as rows ``(N, 6)`` (:data:`_STEP_PARAMS`), built once (and
+        again if a parameter tensor is replaced): the pulse loop gathers a device's six in one row."""
+        key = tuple(getattr(self, k) for k in self._STEP_PARAMS)
+        cached = self.__dict__.get("_step_rows")
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            rows = torch.stack([t.expand(self.shape).reshape(-1) for t in key], 1)
+            cached = self._step_rows = (key, rows)
+        return cached[1]
+
     def _step_at(self, gp: torch.Tensor, idx: torch.Tensor, n_idx: torch.Tensor,
                  generator) -> tuple[torch.Tensor, torch.Tensor]:
         """The step models' pulse-by-pulse update of the devices ``idx`` (flat) by their nonzero counts ``n_idx``,
@@ -643,14 +655,18 @@ class DeviceArray:
             return x.reshape(-1).index_select(0, idx)
 
         w = (take(gp) - self.g_ref) / self.s
-        b_min, b_max, s_up, s_dn = take(self.b_min), take(self.b_max), take(self.s_up), take(self.s_dn)
-        k_up, k_dn = take(self.k_up), take(self.k_dn)
+        b_min, b_max, s_up, s_dn, k_up, k_dn = self._step_table().index_select(0, idx).unbind(1)
         step = torch.where(up, s_up, -s_dn)
         slope = torch.where(up, k_up, -k_dn)
         sigma = c.dw_min_std
         complex_noise = self.model == "exp_step" and (c.dw_min_std_add > 0 or c.dw_min_std_slope > 0)
         if self.model == "exp_step":
             inv_bdiff = 2.0 * c.a / (b_max - b_min).clamp(min=1e-30)
+            # each device's branch chosen once: y = 1 - A exp(γ z), (A, γ) = (A_up, γ_up) or (A_down, -γ_down)
+            def pick(a_up: float, a_down: float) -> torch.Tensor:
+                return torch.where(up, torch.tensor(a_up, dtype=w.dtype, device=w.device),
+                                   torch.tensor(a_down, dtype=w.dtype, device=w.device))
+            amp, gamma = pick(c.A_up, c.A_down), pick(c.gamma_up, -c.gamma_down)
         hist = torch.bincount(m.cpu(), minlength=int(m[0].item()) + 1)
         active = (m.numel() - torch.cumsum(hist, 0)).tolist()  # active[k] = number of devices with m > k
         for k in range(int(m[0].item())):
@@ -658,8 +674,7 @@ class DeviceArray:
             ws = w[:a]
             if self.model == "exp_step":
                 z = ws * inv_bdiff[:a] + c.b
-                y = torch.where(up[:a], 1 - c.A_up * torch.exp(c.gamma_up * z),
-                                1 - c.A_down * torch.exp(-c.gamma_down * z)).clamp(min=0.0)
+                y = (1 - amp[:a] * torch.exp(gamma[:a] * z)).clamp(min=0.0)
                 dw = y * step[:a]
                 if complex_noise:
                     std = sigma * (dw.abs() + c.dw_min_std_add * c.w_range + c.dw_min_std_slope * ws.abs())
