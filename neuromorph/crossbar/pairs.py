@@ -74,6 +74,9 @@ card's write pulses) and ``energy_per_read`` (per device per read). Programming 
 are counted when fired, including those that hit a bound or a stuck device; resets and :meth:`set_weights` use the
 devices' cost model (nominal steps traversed, ``DeviceArray.set_conductance``). An array read of a batch of ``B``
 inputs counts ``B`` reads of every device (both devices of each pair). :meth:`DifferentialArray.stats` returns them.
+The per-device totals are the devices' own ``pulse_count``; the pair keeps the net (potentiation − depression) count
+per device, accumulated in int32 parts folded into int64 (:class:`~neuromorph.devices.models.Tally`); programming
+pulses are the totals less the set and refresh pulses (counted per request).
 """
 
 from __future__ import annotations

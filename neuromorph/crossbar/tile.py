@@ -35,7 +35,9 @@ programmed conductance tensors themselves (no read noise, no drift at the read t
 ``W = (G+ - G-)/g0``: the layer then multiplies by ``W``, cached per programmed state (the devices replace their
 conductance tensors or write them in place, so the cache is keyed by the tensors and their ``_version``), instead
 of scaling to volts and back. Same reads counted, same result up to rounding. A bias line (the last input line held
-at 1, ``bias_line=True``) is then an ``addmm`` instead of a concatenated input.
+at 1, ``bias_line=True``) is then an ``addmm`` instead of a concatenated input. A loop that reads one programmed
+state many times (the settling of a phase) takes :meth:`CrossbarLayer.exact_reader`: the same product and read
+counters as a function made once, optionally scaled by a power of two and shifted (a node's gain and offset).
 """
 
 from __future__ import annotations
