@@ -691,7 +691,7 @@ class DeviceArray:
                     dw = (det + step[:a]) * (1 + sigma * self._randn((a,), generator))
                 else:
                     dw = det + step[:a] * (1 + sigma * self._randn((a,), generator))
-            w[:a] = torch.minimum(torch.maximum(ws + dw, b_min[:a]), b_max[:a])
+            ws.add_(dw).clamp_(min=b_min[:a], max=b_max[:a])  # in w: min(max(w + dw, b_min), b_max)
         return idx, self.g_ref + self.s * w
 
     # ------------------------------------------------------------------ deterministic traces
