@@ -399,9 +399,9 @@ class DeviceArray:
         """:meth:`apply_pulses` for sparse counts: ``n[i]`` pulses on the device of flat index ``idx[i]`` (``idx``:
         distinct, ascending int64 indices into the flattened array; ``n``: integer counts, zeros allowed), none on
         the others. Returns the realised change of ``g`` [S] at ``idx`` (shape of ``idx``; ``delta=False``: ``None``,
-        not computed). Same state, counters
-        and random draws as ``apply_pulses`` of the scattered counts, without a pass over the whole array except
-        the writes of the pulsed devices (in place: the tensors' ``_version`` moves, see :meth:`_advance_at`)."""
+        not computed). Same state, counters and random draws as ``apply_pulses`` of the scattered counts, without a
+        pass over the whole array except the writes of the pulsed devices (in place: the tensors' ``_version``
+        moves, see :meth:`_advance_at`)."""
         if idx.dim() != 1 or n.shape != idx.shape:
             raise ValueError(f"idx {tuple(idx.shape)} and n {tuple(n.shape)}: two 1-D tensors of one length expected")
         n = n.to(torch.int64)
@@ -650,11 +650,7 @@ class DeviceArray:
         m, order = torch.sort(n_idx.abs(), descending=True)
         idx = idx.index_select(0, order)
         up = n_idx.index_select(0, order) > 0
-
-        def take(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(-1).index_select(0, idx)
-
-        w = (take(gp) - self.g_ref) / self.s
+        w = (gp.reshape(-1).index_select(0, idx) - self.g_ref) / self.s
         b_min, b_max, s_up, s_dn, k_up, k_dn = self._step_table().index_select(0, idx).unbind(1)
         step = torch.where(up, s_up, -s_dn)
         slope = torch.where(up, k_up, -k_dn)
