@@ -91,6 +91,21 @@ class PhaseResult:
     later phase on the same inputs may reuse the current (:meth:`HardwareNetwork.settle_phase`, ``after``)."""
 
 
+_LIVE_COLUMNS = 0.9
+"""The update request skips the columns whose pre-activities are all 0 when at most this fraction is left."""
+
+
+def _live_columns(pre: torch.Tensor) -> torch.Tensor | None:
+    """The columns of the update rows ``pre`` (rows x inputs) with a nonzero entry, ascending; ``None`` when more
+    than :data:`_LIVE_COLUMNS` of them are (then the whole request is cheaper than the gather). An all-zero column
+    requests nothing (its pulse counts are 0 in every mode), so skipping it changes no result."""
+    live = (pre != 0).any(0)
+    k = int(live.sum())
+    if k > _LIVE_COLUMNS * live.numel():
+        return None
+    return live.nonzero().squeeze(1)
+
+
 class HardwareNetwork:
     """A :class:`LayeredNetwork` mapped onto crossbar arrays of one device card.
 
@@ -512,13 +527,15 @@ class HardwareNetwork:
                 n_in = da.shape[1]
                 c = counts[name.removesuffix("_back")]
                 c = tuple(t[:, :n_in] for t in c) if isinstance(c, tuple) else c[:, :n_in]
+                dw = da.fire_coincidences(*c) if isinstance(c, tuple) else da.apply_weight_pulses(c, realised=realised)
             elif mode == "pulse_train":
                 c = da.pulse_train_counts(pre, post, lr / batch)
-            else:  # the request in nominal steps, scaled once
-                req = (post.t() @ pre).mul_(lr / (batch * da.dw))
-                c = da.round_request(req, mode=mode, threshold=threshold / da.dw)
+                dw = da.fire_coincidences(*c)
+            else:  # the request in nominal steps, scaled once, of the columns whose pre-activities are not all 0
+                cols = _live_columns(pre)
+                req = (post.t() @ (pre if cols is None else pre.index_select(1, cols))).mul_(lr / (batch * da.dw))
+                c, dw = da.program_steps(req, cols=cols, mode=mode, threshold=threshold / da.dw, realised=realised)
             counts[name] = c
-            dw = da.fire_coincidences(*c) if isinstance(c, tuple) else da.apply_weight_pulses(c, realised=realised)
             if leakage:
                 dw_leak = da.program(-lr * leakage * before)
                 dw = dw + dw_leak if realised else None

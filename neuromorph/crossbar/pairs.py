@@ -88,6 +88,7 @@ from typing import Any
 import torch
 
 from ..devices import DeviceArray, DeviceCard
+from ..devices import kernels as _kernels
 from ..devices import models as _models
 
 __all__ = ["DifferentialArray", "PulseTrainParams", "pulse_train_scales", "MAPPINGS", "POLICIES", "PROGRAM_MODES"]
@@ -380,7 +381,7 @@ class DifferentialArray:
 
     def _count_at(self, key: str, idx: torch.Tensor, n: torch.Tensor) -> int:
         """:meth:`_count` for the counts ``n`` of the devices at flat indices ``idx`` (distinct)."""
-        _models._add_at(self._net[key].value, idx, n)
+        self._net[key].add_at(idx, n)
         return _int_total(n.abs())
 
     def _fire(self, n_pos: torch.Tensor, n_neg: torch.Tensor, kind: str, realised: bool = True,
@@ -399,42 +400,67 @@ class DifferentialArray:
                 out.add_(dg, alpha=sign / self.g0)
         return out
 
-    def _fire_at(self, idx: torch.Tensor, n_pos: torch.Tensor, n_neg: torch.Tensor, kind: str,
+    def _device_lists(self, idx: torch.Tensor, n_pos: torch.Tensor, n_neg: torch.Tensor) -> tuple[tuple, tuple]:
+        """Per device array, from the pairs ``idx`` and their split counts: the flat indices of the devices that get
+        pulses, their int64 counts and their positions in ``idx`` (mostly one device per pair)."""
+        out = []
+        for n in (n_pos, n_neg):
+            j = n.nonzero().squeeze(1)
+            out.append((idx.index_select(0, j), n.index_select(0, j).to(torch.int64), j))  # the counters' dtype
+        return out[0], out[1]
+
+    def _fire_at(self, idx: torch.Tensor, lists: tuple[tuple, tuple], kind: str,
                  realised: bool = True) -> torch.Tensor | None:
-        """:meth:`_fire` for the pairs at flat indices ``idx`` only (every other pair gets no pulse); returns the
-        realised ΔW at ``idx`` (``realised=False``: ``None``, not computed)."""
+        """:meth:`_fire` for the pairs at flat indices ``idx`` only (every other pair gets no pulse), given each
+        device array's share (:meth:`_device_lists`); returns the realised ΔW at ``idx`` (``realised=False``:
+        ``None``, not computed)."""
         out = torch.zeros(idx.shape, dtype=self.dtype, device=self.device) if realised else None
-        for dev, n, key, sign in ((self.pos, n_pos, "pos", 1.0), (self.neg, n_neg, "neg", -1.0)):
-            n = n.to(torch.int64)  # the counters' dtype
-            fired = self._count_at(key, idx, n)
-            if fired:
-                dg = dev.apply_pulses_at(idx, n, delta=realised)
-                if realised:
-                    out.add_(dg, alpha=sign / self.g0)
+        for dev, (at, n, j), key, sign in ((self.pos, lists[0], "pos", 1.0), (self.neg, lists[1], "neg", -1.0)):
+            if at.numel() == 0:
+                continue
+            fired = self._count_at(key, at, n)
+            dg = dev.apply_pulses_at(at, n, delta=realised)
+            if realised:  # added as the dense path adds it (the same bits)
+                out.add_(torch.zeros_like(out).index_copy_(0, j, dg), alpha=sign / self.g0)
             if kind != "pulses_program":
                 self._n[kind] += fired
         return out
 
-    def _request(self, n: torch.Tensor, kind: str = "pulses_program", realised: bool = True) -> torch.Tensor | None:
+    def _request(self, n: torch.Tensor, kind: str = "pulses_program", realised: bool = True,
+                 found: tuple | None = None) -> torch.Tensor | None:
         """Fire one request of signed pulse counts ``n`` (weight direction, shape of the array) through the pair
         policy; returns the realised ΔW. When at most ``SPARSE_FRACTION`` of the pairs get pulses (the usual
         training update), everything after one ``nonzero`` works on those pairs only: the split (it needs
-        ``G+ - G-`` there only), the counters (gathered, added, scattered), the device models (``apply_pulses_at``)
-        and the realised ΔW (scattered into zeros). Otherwise the dense path: the same results. ``realised=False``: the
-        realised ΔW is not built, ``None`` is returned."""
+        ``G+ - G-`` there only), the counters, the device models (``apply_pulses_at``) and the realised ΔW
+        (scattered into zeros); on the CPU with the compiled kernels (:mod:`~neuromorph.devices.kernels`) one scan of
+        the counts finds the pairs and splits them (the same integers). Otherwise the dense path: the same results.
+        ``realised=False``: the realised ΔW is not built, ``None`` is returned. ``found``: ``(split,)`` where the
+        caller has the split of ``n`` already (:func:`~neuromorph.devices.kernels.round_split`)."""
         n = n if n.dtype in _COUNT_DTYPES else n.to(torch.int64)
         flat = n.reshape(-1)
-        pulsed = int(flat.count_nonzero())  # cheap on integers (no nonzero() when dense)
-        if pulsed > _models.SPARSE_FRACTION * self.numel:
+        max_pairs = _models.SPARSE_FRACTION * self.numel
+        if found is not None:
+            found = found[0]
+            dense = found is None
+        elif flat.dtype == torch.int32 and self.device.type == "cpu" and _kernels.available():
+            found = _kernels.split(flat.contiguous(), self.pos.g.contiguous(), self.neg.g.contiguous(), self.dg,
+                                   self.policy == "bidirectional", math.floor(max_pairs))
+            dense = found is None
+        else:
+            pulsed = int(flat.count_nonzero())  # cheap on integers (no nonzero() when dense)
+            dense = pulsed > max_pairs
+        if dense:
             lo, hi = torch.aminmax(flat)  # every count of either device is at most max|n| (see _split)
             n_pos, n_neg = self._split(n)
             return self._fire(n_pos, n_neg, kind, realised, bound=max(-int(lo), int(hi)))
         out = torch.zeros(self.shape, dtype=self.dtype, device=self.device) if realised else None
-        if pulsed:
+        if found is None and pulsed:
             idx = flat.nonzero().squeeze(1)
+            found = (idx, *self._device_lists(idx, *self._split(flat.index_select(0, idx), idx)))
+        if found is not None and found[0].numel():
+            idx = found[0]
             versions = (self.pos.g._version, self.neg.g._version)
-            n_pos, n_neg = self._split(flat.index_select(0, idx), idx)
-            dw = self._fire_at(idx, n_pos, n_neg, kind, realised)
+            dw = self._fire_at(idx, found[1:], kind, realised)
             if realised:
                 out.view(-1).index_copy_(0, idx, dw)
             for listener in self.listeners:  # e.g. a tile patching what it derives from the conductances
@@ -467,10 +493,15 @@ class DifferentialArray:
         return n.to(torch.int64)
 
     def round_request(self, req: torch.Tensor, *, mode: str = "stochastic_rounding", threshold: float = 0.0,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+                      generator: torch.Generator | None = None, cols: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`pulse_counts` of a checked request ``req`` given in nominal steps (``ΔW / dw``, shape of the
-        array, finite; ``threshold`` in steps too); ``req`` may be overwritten. Returns integer counts: int32
-        (half the memory traffic of int64 in the update loop) unless a request reaches 2^31 steps."""
+        array, finite; ``threshold`` in steps too); ``req`` may be overwritten. With ``cols`` (ascending column
+        indices of a 2-D array) ``req`` is the request of those columns only, the others requesting nothing (0
+        pulses in every mode), and the counts of those columns are returned: the deterministic, Manhattan and
+        thinned (``<= SPARSE_ROUNDING``) counts are those of the whole request; above ``SPARSE_ROUNDING`` one
+        uniform is drawn per element of ``req`` (the skipped columns need none), so the draws, not their
+        distribution, depend on the columns. Returns integer counts: int32 (half the memory traffic of int64 in
+        the update loop) unless a request reaches 2^31 steps."""
         if mode == "manhattan":
             return torch.where(req.abs() > threshold, torch.sign(req), 0).to(torch.int32)
         lo, hi = torch.aminmax(req)
@@ -480,11 +511,46 @@ class DifferentialArray:
             return torch.round(req).to(dtype)
         gen = generator or self.generator
         if p <= SPARSE_ROUNDING:
-            return _sparse_stochastic_rounding(req, p, gen)
-        u = torch.rand(self.shape, generator=gen, dtype=req.dtype, device=gen.device).to(self.device)
+            if cols is None:
+                return _sparse_stochastic_rounding(req, p, gen)
+            full = torch.zeros(self.shape, dtype=req.dtype, device=req.device).index_copy_(1, cols, req)
+            return _sparse_stochastic_rounding(full, p, gen).index_select(1, cols)
+        u = self._uniforms(req, gen)
         # floor(req + u) = floor(req) + 1 with probability frac(req): stochastic rounding in two passes. The sum
         # rounds to the float grid at |req + u|, so the probability is exact to 2^-24·max(1, |req|) in float32
         return req.add_(u).floor_().to(dtype)
+
+    def _uniforms(self, req: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Stochastic rounding's uniforms in [0, 1), one per element of ``req``, from the generator ``gen``."""
+        return torch.rand(req.shape, generator=gen, dtype=req.dtype, device=gen.device).to(self.device)
+
+    def program_steps(self, req: torch.Tensor, *, cols: torch.Tensor | None = None,
+                      mode: str = "stochastic_rounding", threshold: float = 0.0,
+                      realised: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Round the request ``req`` (nominal steps; with ``cols``, of those columns only: :meth:`round_request`)
+        and fire it through the pair policy: the training update's programming. Returns the counts (the array's
+        shape, weight direction) and the realised ΔW (``realised=False``: ``None``). On the CPU with the compiled
+        kernels, stochastic rounding above ``SPARSE_ROUNDING`` steps, the pairs' split and the scan for the pulsed
+        pairs are one pass (:func:`~neuromorph.devices.kernels.round_split`, with the uniforms
+        :meth:`round_request` draws): the same counts, the same result."""
+        self._n["updates"] += 1
+        req = req.contiguous()
+        if mode == "stochastic_rounding" and len(self.shape) == 2 and self.device.type == "cpu" \
+                and _kernels.available():
+            lo, hi = torch.aminmax(req)
+            p = max(-float(lo), float(hi))
+            if SPARSE_ROUNDING < p < 2.0 ** 31 - 2:
+                n = torch.zeros(self.shape, dtype=torch.int32)
+                u = self._uniforms(req, self.generator)  # the draw round_request makes
+                found = _kernels.round_split(req, u, cols, self.shape[1], n,
+                                             self.pos.g.contiguous(), self.neg.g.contiguous(), self.dg,
+                                             self.policy == "bidirectional",
+                                             math.floor(_models.SPARSE_FRACTION * self.numel))
+                return n, self._request(n, realised=realised, found=(found,))
+        n = self.round_request(req, mode=mode, threshold=threshold, cols=cols)
+        if cols is not None:
+            n = torch.zeros(self.shape, dtype=n.dtype, device=n.device).index_copy_(1, cols, n)
+        return n, self._request(n, realised=realised)
 
     def program(self, delta_w: torch.Tensor, *, mode: str = "stochastic_rounding", threshold: float = 0.0,
                 generator: torch.Generator | None = None) -> torch.Tensor:

@@ -253,10 +253,11 @@ class CrossbarLayer:
 
     # ------------------------------------------------------------------ reads
     def _derived(self, gp: torch.Tensor, gn: torch.Tensor, what: str) -> torch.Tensor:
-        """``G+ - G-`` [S] (``"gd"``), ``W = (G+ - G-)/g0`` (``"w"``), its contiguous columns but the last
-        (``"w_main"``) and its last column (``"w_last"``), computed once per programmed state: reused while reads
-        return the same conductance tensors, unmodified (programming replaces them or writes them in place, which
-        moves their ``_version``)."""
+        """``G+ - G-`` [S] (``"gd"``), ``W = (G+ - G-)/g0`` (``"w"``), its columns but the last (``"w_main"``) and
+        its last column (``"w_last"``), computed once per programmed state: reused while reads return the same
+        conductance tensors, unmodified (programming replaces them or writes them in place, which moves their
+        ``_version``). ``w_main`` and ``w_last`` are views of ``w`` (a BLAS product takes the row stride of
+        ``w_main`` as it is, with the bits of a contiguous copy in float32), so a sparse patch of ``w`` updates them."""
         c = self._cache
         version = (gp._version, gn._version)
         if c is None or c[0] is not gp or c[1] is not gn or c[2] != version:
@@ -265,11 +266,11 @@ class CrossbarLayer:
         if what not in d:  # each from the conductances, in place in its one fresh tensor: the bits of (gp - gn)/g0
             if what == "gd":
                 d[what] = gp - gn
-            elif what == "w":
-                d[what] = torch.sub(gp, gn).div_(self.g0)
             else:
-                d["w_main"] = torch.sub(gp[:, :-1], gn[:, :-1]).div_(self.g0)
-                d["w_last"] = torch.sub(gp[:, -1], gn[:, -1]).div_(self.g0)
+                w = d.get("w")
+                if w is None:
+                    w = d["w"] = torch.sub(gp, gn).div_(self.g0)
+                d["w_main"], d["w_last"] = w[:, :-1], w[:, -1]
         return d[what]
 
     def _patch(self, idx: torch.Tensor, versions: tuple[int, int]) -> None:
@@ -286,15 +287,8 @@ class CrossbarLayer:
         w = gd / self.g0
         if "gd" in d:
             d["gd"].view(-1).index_copy_(0, idx, gd)
-        if "w" in d:
+        if "w" in d:  # and its views w_main, w_last
             d["w"].view(-1).index_copy_(0, idx, w)
-        if "w_main" in d:
-            n_in = self.in_features
-            row, col = idx // n_in, idx % n_in
-            last = col == n_in - 1
-            main = ~last
-            d["w_main"].view(-1).index_copy_(0, (row * (n_in - 1) + col)[main], w[main])
-            d["w_last"].index_copy_(0, row[last], w[last])
         self._cache = (gp, gn, (gp._version, gn._version), d)
 
     def _read(self, u: torch.Tensor, forward: bool, t: float | None, bias_line: bool = False,

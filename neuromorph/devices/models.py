@@ -63,6 +63,7 @@ from functools import lru_cache
 
 import torch
 
+from . import kernels as _kernels
 from . import neurosim as ns
 from .cards import STEP_MODELS, DeviceCard
 
@@ -100,25 +101,23 @@ def _scatter(g: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> torch.
     return g
 
 
-def _add_at(t: torch.Tensor, idx: torch.Tensor, values: torch.Tensor) -> None:
-    """``t.flat[idx] += values`` in place for distinct ``idx`` (gather, add, scatter: several times faster than
-    ``index_add_`` on a CPU for large index sets)."""
-    flat = t.view(-1)
-    flat.index_copy_(0, idx, flat.index_select(0, idx).add_(values))
-
-
 _INT32_MAX = 2 ** 31 - 1
 
 
 class Tally:
     """Integer counts per device, totalled in int64: an add with a known bound on its entries goes into an int32
     part (half the memory traffic of an int64 add, and no widening copy), folded into the int64 total before the part
-    could overflow. ``value`` is the total (folded first)."""
+    could overflow; the sparse adds of :meth:`add_at` are kept as they come and summed into the total in one pass
+    when it is read or when they reach the size of the array (a scattered read-modify-write of a large counter per
+    request costs a cache miss per device, which a training step would pay on every pulsed device). ``value`` is
+    the total (folded first)."""
 
     def __init__(self, shape: torch.Size, device: torch.device) -> None:
         self._total = torch.zeros(shape, dtype=torch.int64, device=device)
         self._part: torch.Tensor | None = None
         self._room = _INT32_MAX
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_n = 0
 
     def add(self, n: torch.Tensor, bound: int | None = None) -> None:
         """Add the integer counts ``n`` (broadcastable to the shape); ``bound``: an upper bound of every ``|n|``
@@ -133,12 +132,45 @@ class Tally:
         self._part += n
         self._room -= bound
 
+    def add_at(self, idx: torch.Tensor, n: torch.Tensor) -> None:
+        """Add int64 counts ``n`` at the flat indices ``idx`` (distinct within one call); summed into the total
+        later (class docstring). The tensors are kept, not copied: the caller must not write to them afterwards."""
+        self._pending.append((idx, n))
+        self._pending_n += idx.numel()
+        if self._pending_n >= max(self._total.numel(), 1 << 16):
+            self._flush()
+
+    def _flush(self) -> None:
+        """Sum the pending sparse adds into the total: compiled on the CPU (:func:`kernels.add_at`, one pass per
+        add), else one ``bincount`` (exact in float64 while every bin's sum stays below 2^53: at most one entry per
+        bin per add, so ``max|n| · adds < 2^53``) or ``index_add_``."""
+        if not self._pending:
+            return
+        pending, adds = self._pending, len(self._pending)
+        self._pending, self._pending_n = [], 0
+        if not self._total.is_contiguous():
+            self._total = self._total.contiguous()
+        flat = self._total.view(-1)
+        if flat.device.type == "cpu" and _kernels.available():
+            for idx, n in pending:
+                _kernels.add_at(flat, idx, n)
+            return
+        idx = torch.cat([p[0] for p in pending])
+        n = torch.cat([p[1] for p in pending])
+        if n.numel() == 0:
+            return
+        if int(n.abs().max()) * adds < 2 ** 53:
+            flat += torch.bincount(idx, weights=n.to(torch.float64), minlength=flat.numel()).to(torch.int64)
+        else:
+            flat.index_add_(0, idx, n)
+
     def fold(self) -> None:
-        """Move the int32 part into the int64 total."""
+        """Move the int32 part and the pending sparse adds into the int64 total."""
         if self._room < _INT32_MAX:
             self._total += self._part
             self._part.zero_()
             self._room = _INT32_MAX
+        self._flush()
 
     @property
     def value(self) -> torch.Tensor:
@@ -148,6 +180,7 @@ class Tally:
     @value.setter
     def value(self, total: torch.Tensor) -> None:
         self._total, self._part, self._room = total, None, _INT32_MAX
+        self._pending, self._pending_n = [], 0
 
 
 class DeviceArray:
@@ -405,26 +438,29 @@ class DeviceArray:
         if idx.dim() != 1 or n.shape != idx.shape:
             raise ValueError(f"idx {tuple(idx.shape)} and n {tuple(n.shape)}: two 1-D tensors of one length expected")
         n = n.to(torch.int64)
-        pc = self.pulse_count
-        if not pc.is_contiguous():
-            self.pulse_count = pc = pc.contiguous()
-        _add_at(pc, idx, n.abs())
+        self._pulses.add_at(idx, n.abs())
         live = n != 0
         if self._any_stuck:
             live &= ~self.stuck.reshape(-1).index_select(0, idx)
-        j = live.nonzero().squeeze(1)
         out = torch.zeros(idx.shape, dtype=self.dtype, device=self.device) if delta else None
-        if j.numel() == 0:
+        if bool(live.all()):  # every listed device moves (the pair's case): no compaction
+            j, sel, n_sel = None, idx, n
+        else:
+            j = live.nonzero().squeeze(1)
+            sel, n_sel = idx.index_select(0, j), n.index_select(0, j)
+        if sel.numel() == 0:
             return out
-        sel, n_sel = idx.index_select(0, j), n.index_select(0, j)
         before = self.g.reshape(-1).index_select(0, sel) if delta else None
-        if j.numel() <= SPARSE_FRACTION * self.numel:
+        if sel.numel() <= SPARSE_FRACTION * self.numel:
             self._advance_at(sel, n_sel, generator)
         else:  # as apply_pulses: the dense model path beyond SPARSE_FRACTION
             n_eff = torch.zeros(self.shape, dtype=torch.int64, device=self.device)
             n_eff.view(-1).index_copy_(0, sel, n_sel)
             self._advance_dense(n_eff, generator)
-        return out.index_copy_(0, j, self.g.reshape(-1).index_select(0, sel) - before) if delta else None
+        if not delta:
+            return None
+        dg = self.g.reshape(-1).index_select(0, sel).sub_(before)
+        return dg if j is None else out.index_copy_(0, j, dg)
 
     def _advance_dense(self, n_eff: torch.Tensor, generator) -> None:
         """Advance every device by ``n_eff`` (stuck devices already zeroed) and redraw the write noise of the pulsed
@@ -439,10 +475,18 @@ class DeviceArray:
         conductance tensors in place (no copy of the array per update; readers that cache what they derive from
         ``g`` key it on the tensor and its ``_version``, which every in-place write moves)."""
         if self._loops():  # the pulse loop gathers what it reads itself: no subset array
-            where, values = self._step_at(self._gp, idx, n_eff, generator)
-            self._gp = _scatter(self._gp, where, values)
-            if self._has_write_noise():
-                app = self._with_write_noise(self._gp.reshape(-1).index_select(0, idx), generator)
+            xi = self._pulse_normals(n_eff, generator)
+            xw = self._randn(idx.shape, generator) if self._has_write_noise() else None
+            if self._compiled():
+                self._gp = self._gp.contiguous()
+                if xw is not None and self._g_app is None:
+                    self._g_app = self._gp.clone()
+                self._kernel(self._gp, idx, n_eff, xi, xw, self._g_app if xw is not None else None)
+                return
+            values = self._step_at(self._gp, idx, n_eff, xi)
+            self._gp = _scatter(self._gp, idx, values)
+            if xw is not None:
+                app = self._noisy(values, xw)
                 self._g_app = _scatter(self._g_app if self._g_app is not None else self._gp.clone(), idx, app)
             return
         sub = self._subset(idx)
@@ -546,9 +590,15 @@ class DeviceArray:
 
     def _with_write_noise(self, gp: torch.Tensor, generator) -> torch.Tensor:
         """Persistent conductances ``gp`` (any shape) as applied: plus a fresh write noise draw, at least 0 S."""
+        return self._noisy(gp, self._randn(gp.shape, generator))
+
+    def _write_sigma(self) -> float:
         c = self.card
-        sigma = c.write_noise_std * c.dw_min * c.w_range * self.s  # aihwkit: write_noise_std * dw_min, in S
-        return (gp + sigma * self._randn(gp.shape, generator)).clamp(min=0.0)
+        return c.write_noise_std * c.dw_min * c.w_range * self.s  # aihwkit: write_noise_std * dw_min, in S
+
+    def _noisy(self, gp: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
+        """``max(gp + σ_write ξ, 0)`` for the standard normals ``xi`` (overwritten)."""
+        return xi.mul_(self._write_sigma()).add_(gp).clamp_(min=0.0)
 
     def _write_noise(self, touched: torch.Tensor, generator) -> None:
         if not self._has_write_noise():
@@ -620,10 +670,50 @@ class DeviceArray:
     def _step_loop(self, gp: torch.Tensor, n: torch.Tensor, generator) -> torch.Tensor:
         flat_n = n.reshape(-1)
         idx = torch.nonzero(flat_n, as_tuple=True)[0]
-        idx, values = self._step_at(gp, idx, flat_n.index_select(0, idx), generator)
+        n_idx = flat_n.index_select(0, idx).to(torch.int64)
+        xi = self._pulse_normals(n_idx, generator)
         out = gp.reshape(-1).clone()
-        out.index_copy_(0, idx, values)
+        if self._compiled():
+            self._kernel(out, idx, n_idx, xi, None, None)
+        else:
+            out.index_copy_(0, idx, self._step_at(gp, idx, n_idx, xi))
         return out.reshape(self.shape)
+
+    def _draws_per_pulse(self) -> bool:
+        """Whether a pulse of this step model draws a cycle-to-cycle normal."""
+        c = self.card
+        return c.dw_min_std > 0 or (self.model == "exp_step" and (c.dw_min_std_add > 0 or c.dw_min_std_slope > 0))
+
+    def _pulse_normals(self, n_idx: torch.Tensor, generator) -> torch.Tensor | None:
+        """The cycle-to-cycle normals of one update of the pulsed devices (counts ``n_idx``), level-major: pulse 0
+        of every device, then pulse 1 of those with more, ... (:meth:`_step_at`); ``None`` if the model draws
+        none. One draw of ``sum |n|``, shared by the torch and the compiled pulse loops."""
+        if not self._draws_per_pulse() or n_idx.numel() == 0:
+            return None
+        return self._randn((int(n_idx.abs().sum()),), generator)
+
+    def _compiled(self) -> bool:
+        """Whether the pulse loop runs compiled (:mod:`~neuromorph.devices.kernels`): a CPU array, library built."""
+        return self.device.type == "cpu" and _kernels.available()
+
+    def _kernel(self, gp: torch.Tensor, idx: torch.Tensor, n_idx: torch.Tensor, xi: torch.Tensor | None,
+                xw: torch.Tensor | None, gapp: torch.Tensor | None) -> None:
+        """The compiled pulse loop in place on the contiguous ``gp`` (and ``gapp`` with the write-noise normals
+        ``xw``); moves the written tensors' ``_version``, as an in-place torch write does."""
+        c = self.card
+        model = self.model
+        if model == "exp_step" and (c.dw_min_std_add > 0 or c.dw_min_std_slope > 0):
+            model = "exp_step_complex"
+        elif model in ("linear_step", "soft_bounds"):  # linear steps; the noise on the step or on all of it
+            model = "linear_step_mult" if c.mult_noise else "linear_step"
+        rows, consts = self._kernel_rows()
+        _kernels.step(_kernels.MODELS[model], idx.contiguous(), n_idx.to(torch.int64).contiguous(), gp, gapp,
+                      rows, consts, xi, xw, sigma=c.dw_min_std, add_std=c.dw_min_std_add * c.w_range,
+                      slope_std=c.dw_min_std_slope, s=self.s, g_ref=self.g_ref,
+                      sw=self._write_sigma() if xw is not None else 0.0)
+        for t in (gp, gapp):
+            if t is not None:
+                t.view(-1)[:0].zero_()  # moves the version counter (an empty in-place write)
 
     def _loops(self) -> bool:
         """Whether the model runs pulse by pulse (:meth:`_step_at`): a step model without a closed form."""
@@ -631,64 +721,95 @@ class DeviceArray:
 
     _STEP_PARAMS = ("b_min", "b_max", "s_up", "s_dn", "k_up", "k_dn")
 
+    def _kernel_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The compiled loop's parameters: rows ``(N, 4)`` of ``b_min, b_max, s_up, s_dn`` (``(N, 6)`` with
+        ``k_up, k_dn`` for the linear steps), built once (and again if a parameter tensor is replaced), and
+        exp_step's constants ``2a, γ_up, -γ_down, γ_up b, -γ_down b, A_up, -A_down`` (``_pulse_kernel.c``)."""
+        key = tuple(getattr(self, k) for k in self._STEP_PARAMS)
+        cached = self.__dict__.get("_kernel_cache")
+        if cached is None or any(a is not b for a, b in zip(cached[0], key)):
+            width = 6 if self.model in ("linear_step", "soft_bounds") else 4
+            rows = torch.stack([t.expand(self.shape).reshape(-1) for t in key[:width]], 1).contiguous()
+            c = self.card
+            consts = torch.tensor([2.0 * c.a, c.gamma_up, -c.gamma_down, c.gamma_up * c.b, -c.gamma_down * c.b,
+                                   c.A_up, -c.A_down, 0.0], dtype=self.dtype)
+            cached = self._kernel_cache = (key, rows, consts)
+        return cached[1], cached[2]
+
     def _step_table(self) -> torch.Tensor:
-        """The per-device parameters of the step models as rows ``(N, 6)`` (:data:`_STEP_PARAMS`), built once (and
-        again if a parameter tensor is replaced): the pulse loop gathers a device's six in one row."""
+        """The step models' per-device parameters as rows ``(2N, 8)``, row ``2i`` for a potentiation of device ``i``
+        and ``2i + 1`` for a depression, built once (and again if a parameter tensor is replaced): the pulse loop
+        gathers each pulsed device's row for its direction in one ``index_select``. Columns: ``b_min``, ``b_max``,
+        the signed step ``s`` (``s_up`` / ``-s_dn``), the slope ``k`` (``k_up`` / ``-k_dn``; exp_step: ``G = γ·2a /
+        (b_max - b_min)``), exp_step's ``H = γ b`` and ``A·s``, and the bounds ``lo``, ``hi`` of a step (exp_step:
+        ``[0, ∞)`` up, ``(-∞, 0]`` down), with ``(γ, A) = (γ_up, A_up)`` up and ``(-γ_down, A_down)`` down; so that
+        exp_step's ``max(1 - A e^{γ z}, 0)·s`` is ``clamp(s - A s·e^{G w + H}, lo, hi)``."""
         key = tuple(getattr(self, k) for k in self._STEP_PARAMS)
         cached = self.__dict__.get("_step_rows")
         if cached is None or any(a is not b for a, b in zip(cached[0], key)):
-            rows = torch.stack([t.expand(self.shape).reshape(-1) for t in key], 1)
-            cached = self._step_rows = (key, rows)
+            c = self.card
+            b_min, b_max, s_up, s_dn, k_up, k_dn = (t.expand(self.shape).reshape(-1) for t in key)
+            inf = torch.full_like(b_min, math.inf)
+            zero = torch.zeros_like(b_min)
+            if self.model == "exp_step":
+                inv_bdiff = torch.full_like(b_min, 2.0 * c.a) / (b_max - b_min).clamp(min=1e-30)
+                slope = (c.gamma_up * inv_bdiff, -c.gamma_down * inv_bdiff)
+                h = (torch.full_like(b_min, c.gamma_up * c.b), torch.full_like(b_min, -c.gamma_down * c.b))
+                a_s = (c.A_up * s_up, -c.A_down * s_dn)
+                lo, hi = (zero, -inf), (inf, zero)
+            else:
+                slope, h, a_s, lo, hi = (k_up, -k_dn), (zero, zero), (zero, zero), (-inf, -inf), (inf, inf)
+            up = torch.stack([b_min, b_max, s_up, slope[0], h[0], a_s[0], lo[0], hi[0]], 1)
+            down = torch.stack([b_min, b_max, -s_dn, slope[1], h[1], a_s[1], lo[1], hi[1]], 1)
+            cached = self._step_rows = (key, torch.stack([up, down], 1).reshape(-1, 8))
         return cached[1]
 
     def _step_at(self, gp: torch.Tensor, idx: torch.Tensor, n_idx: torch.Tensor,
-                 generator) -> tuple[torch.Tensor, torch.Tensor]:
+                 xi: torch.Tensor | None) -> torch.Tensor:
         """The step models' pulse-by-pulse update of the devices ``idx`` (flat) by their nonzero counts ``n_idx``,
-        on those devices only. Returns the devices (reordered: by descending count) and their new persistent
-        conductances [S]; the loop over pulses ``k`` runs on the devices with more than ``k`` pulses."""
-        c = self.card
-        m, order = torch.sort(n_idx.abs(), descending=True)
-        idx = idx.index_select(0, order)
-        up = n_idx.index_select(0, order) > 0
+        on those devices only: their new persistent conductances [S], in the order of ``idx``. The first pulse runs on
+        every device; pulse ``k`` on the devices with more than ``k`` pulses, gathered from those of pulse ``k - 1``
+        (one ``nonzero`` over a shrinking set per pulse; the results scattered back at the end). ``xi``: the
+        cycle-to-cycle normals (:meth:`_pulse_normals`), consumed pulse by pulse in that order."""
+        m = n_idx.abs()
+        rows = self._step_table().index_select(0, idx * 2 + (n_idx < 0))  # each device's parameters, its direction
         w = (gp.reshape(-1).index_select(0, idx) - self.g_ref) / self.s
-        b_min, b_max, s_up, s_dn, k_up, k_dn = self._step_table().index_select(0, idx).unbind(1)
-        step = torch.where(up, s_up, -s_dn)
-        slope = torch.where(up, k_up, -k_dn)
+        levels = []
+        k, used = 1, 0
+        while True:
+            self._one_pulse(w, rows, None if xi is None else xi[used:used + w.numel()])
+            used += w.numel()
+            more = (m > k).nonzero().squeeze(1)
+            if more.numel() == 0:
+                break
+            levels.append((w, more))
+            w, m, rows = w.index_select(0, more), m.index_select(0, more), rows.index_select(0, more)
+            k += 1
+        for parent, more in reversed(levels):
+            w = parent.index_copy_(0, more, w)
+        return w.mul_(self.s).add_(self.g_ref)
+
+    def _one_pulse(self, w: torch.Tensor, rows: torch.Tensor, xi: torch.Tensor | None) -> None:
+        """One pulse on every device of ``w`` (normalised weights, updated in place) with its parameter rows
+        (:meth:`_step_table`): the step of the model, its cycle-to-cycle noise (one normal of ``xi`` per device),
+        then the clip to ``[b_min, b_max]``."""
+        c = self.card
+        b_min, b_max, step, slope, h, a_s, lo, hi = rows.unbind(1)
         sigma = c.dw_min_std
-        complex_noise = self.model == "exp_step" and (c.dw_min_std_add > 0 or c.dw_min_std_slope > 0)
         if self.model == "exp_step":
-            inv_bdiff = 2.0 * c.a / (b_max - b_min).clamp(min=1e-30)
-            # each device's branch chosen once: y = 1 - A exp(γ z), (A, γ) = (A_up, γ_up) or (A_down, -γ_down)
-            def pick(a_up: float, a_down: float) -> torch.Tensor:
-                return torch.where(up, torch.tensor(a_up, dtype=w.dtype, device=w.device),
-                                   torch.tensor(a_down, dtype=w.dtype, device=w.device))
-            amp, gamma = pick(c.A_up, c.A_down), pick(c.gamma_up, -c.gamma_down)
-        hist = torch.bincount(m.cpu(), minlength=int(m[0].item()) + 1)
-        active = (m.numel() - torch.cumsum(hist, 0)).tolist()  # active[k] = number of devices with m > k
-        for k in range(int(m[0].item())):
-            a = active[k]
-            ws = w[:a]
-            if self.model == "exp_step":
-                z = ws * inv_bdiff[:a] + c.b
-                y = (1 - amp[:a] * torch.exp(gamma[:a] * z)).clamp(min=0.0)
-                dw = y * step[:a]
-                if complex_noise:
-                    std = sigma * (dw.abs() + c.dw_min_std_add * c.w_range + c.dw_min_std_slope * ws.abs())
-                    dw = dw + std * self._randn((a,), generator)
-                elif sigma > 0:
-                    dw = dw * (1 + sigma * self._randn((a,), generator))
-            elif self.model == "constant_step":
-                dw = step[:a] if sigma <= 0 else step[:a] * (1 + sigma * self._randn((a,), generator))
-            else:  # linear_step, soft_bounds
-                det = slope[:a] * ws
-                if sigma <= 0:
-                    dw = det + step[:a]
-                elif c.mult_noise:
-                    dw = (det + step[:a]) * (1 + sigma * self._randn((a,), generator))
-                else:
-                    dw = det + step[:a] * (1 + sigma * self._randn((a,), generator))
-            ws.add_(dw).clamp_(min=b_min[:a], max=b_max[:a])  # in w: min(max(w + dw, b_min), b_max)
-        return idx, self.g_ref + self.s * w
+            dw = torch.addcmul(step, a_s, torch.addcmul(h, slope, w).exp_(), value=-1.0).clamp_(lo, hi)
+            if c.dw_min_std_add > 0 or c.dw_min_std_slope > 0:  # aihwkit's complex noise
+                std = (dw.abs() + c.dw_min_std_add * c.w_range).add_(w.abs(), alpha=c.dw_min_std_slope)
+                dw.addcmul_(std, xi, value=sigma)
+            elif sigma > 0:
+                dw.addcmul_(dw, xi, value=sigma)  # dw (1 + σ ξ)
+        elif self.model == "constant_step":
+            dw = step if sigma <= 0 else torch.addcmul(step, step, xi, value=sigma)
+        else:  # linear_step, soft_bounds: k w + s, the noise on s only unless mult_noise
+            dw = torch.addcmul(step, slope, w)
+            if sigma > 0:
+                dw.addcmul_(dw if c.mult_noise else step, xi, value=sigma)
+        w.add_(dw).clamp_(b_min, b_max)
 
     # ------------------------------------------------------------------ deterministic traces
     def _deterministic(self) -> bool:
