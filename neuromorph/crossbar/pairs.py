@@ -47,7 +47,10 @@ device), so each request is one :meth:`DeviceArray.apply_pulses` call per device
 ``SPARSE_FRACTION`` (:mod:`neuromorph.devices.models`) of the pairs get pulses, the usual case of a small
 stochastic-rounding update, a request works on the flat indices of the pulsed pairs only (split, counters, device
 models via :meth:`DeviceArray.apply_pulses_at`, realised ``ΔW``), with the same results; the pulsed devices are then
-written in place (the tiles cache ``G+ - G-`` keyed on the conductance tensors and their ``_version``).
+written in place (the tiles cache ``G+ - G-`` keyed on the conductance tensors and their ``_version``). On the CPU
+the scan for the pulsed pairs and their split run compiled (:mod:`neuromorph.devices.kernels`; the same integers).
+:meth:`DifferentialArray.program_steps`, the training update, takes the request of the columns whose inputs are
+not all 0 only (the others request nothing) and, compiled, rounds it and splits its pairs in one pass.
 
 Pulse counts from update requests (:meth:`DifferentialArray.program`)
 ---------------------------------------------------------------------
@@ -55,7 +58,9 @@ Pulse counts from update requests (:meth:`DifferentialArray.program`)
   request is below ``SPARSE_ROUNDING`` steps (``p = max |ΔW/dw|``; training updates on coarse devices are mostly
   far below one step), the same independent draws ``n_ij = sign · Bernoulli(|ΔW_ij/dw|)`` are sampled without a
   uniform per device: candidates form a Bernoulli(``p``) process over the flattened array (geometric gaps), each
-  kept with probability ``|ΔW_ij/dw| / p`` (thinning): about ``2 p N`` random numbers instead of ``N``.
+  kept with probability ``|ΔW_ij/dw| / p`` (thinning): about ``2 p N`` random numbers instead of ``N``. A request
+  of some columns only (:meth:`DifferentialArray.round_request` with ``cols``) draws its uniforms for those
+  columns only; its thinned counts are those of the whole request.
 * ``"deterministic"``: ``n = round(ΔW/dw)`` (half to even).
 * ``"manhattan"``: sign only, one pulse per pair where ``|ΔW| > threshold``: ``n = sign(ΔW)``.
 * :meth:`DifferentialArray.program_outer` (``"pulse_train"``): aihwkit's stochastic pulse trains, see its
@@ -75,8 +80,9 @@ are counted when fired, including those that hit a bound or a stuck device; rese
 devices' cost model (nominal steps traversed, ``DeviceArray.set_conductance``). An array read of a batch of ``B``
 inputs counts ``B`` reads of every device (both devices of each pair). :meth:`DifferentialArray.stats` returns them.
 The per-device totals are the devices' own ``pulse_count``; the pair keeps the net (potentiation − depression) count
-per device, accumulated in int32 parts folded into int64 (:class:`~neuromorph.devices.models.Tally`); programming
-pulses are the totals less the set and refresh pulses (counted per request).
+per device, accumulated in int32 parts folded into int64 (:class:`~neuromorph.devices.models.Tally`; the sparse
+path's adds are kept and summed in one pass when read, or when they reach the array's size); programming pulses
+are the totals less the set and refresh pulses (counted per request).
 """
 
 from __future__ import annotations
