@@ -13,9 +13,10 @@ update dominates a hardware training step. The C loops do each part in one pass 
 * :func:`add_at`: a pulse counter's pending sparse adds (:class:`~neuromorph.devices.models.Tally`), exact.
 
 The library is compiled with the C compiler of the Python build (``$CC`` overrides it; Debian's ``gcc``) into
-``$NEUROMORPH_CACHE/kernels`` (default ``~/.cache/neuromorph/kernels``), keyed by a hash of the source and flags,
-written atomically. Without a compiler (or with ``NEUROMORPH_KERNELS=0``) the torch path runs, with a one-time
-warning naming the reason; :func:`status` says which is in use.
+``$NEUROMORPH_CACHE/kernels`` (default ``~/.cache/neuromorph/kernels``), keyed by a hash of the source, the
+compiler and flags and the machine's architecture, written atomically. Without a compiler (or with
+``NEUROMORPH_KERNELS=0``) the torch path runs, with a one-time warning naming the reason; :func:`status` says which
+is in use.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shlex
 import subprocess
 import sysconfig
@@ -57,7 +59,9 @@ def _cache_dir() -> Path:
 def _build() -> ctypes.CDLL:
     src = _SRC.read_bytes()
     cc = _compiler()
-    tag = hashlib.sha256(src + " ".join(cc + list(_FLAGS)).encode()).hexdigest()[:16]
+    # the machine's architecture too: a home directory shared by machines of several kinds keeps one per kind
+    key = " ".join([*cc, *_FLAGS, platform.machine(), platform.system()])
+    tag = hashlib.sha256(src + key.encode()).hexdigest()[:16]
     out_dir = _cache_dir()
     lib = out_dir / f"pulse_kernel_{tag}.so"
     if not lib.exists():
