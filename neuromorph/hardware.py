@@ -98,7 +98,9 @@ _LIVE_COLUMNS = 0.9
 def _live_columns(pre: torch.Tensor) -> torch.Tensor | None:
     """The columns of the update rows ``pre`` (rows x inputs) with a nonzero entry, ascending; ``None`` when more
     than :data:`_LIVE_COLUMNS` of them are (then the whole request is cheaper than the gather). An all-zero column
-    requests nothing (its pulse counts are 0 in every mode), so skipping it changes no result."""
+    requests nothing (its pulse counts are 0 in every mode), so skipping it changes no count's distribution; above
+    ``SPARSE_ROUNDING`` steps the stochastic rounding then draws uniforms for the live columns only
+    (:meth:`DifferentialArray.round_request`)."""
     live = (pre != 0).any(0)
     k = int(live.sum())
     if k > _LIVE_COLUMNS * live.numel():

@@ -108,6 +108,12 @@ _COUNT_DTYPES = (torch.int32, torch.int64)
 _GAP_MARGIN = 6.0  # candidate draws per chunk: mean + _GAP_MARGIN standard deviations (more chunks if short)
 
 
+def _peak(req: torch.Tensor) -> float:
+    """``max |req|`` (one pass)."""
+    lo, hi = torch.aminmax(req)
+    return max(-float(lo), float(hi))
+
+
 def _sparse_stochastic_rounding(req: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     """Stochastic rounding of requests with ``|req| <= p < 1`` (module docstring): int32 counts in ``{-1, 0, 1}``,
     ``P(n_ij = sign(req_ij)) = |req_ij|``, independent across devices, from about ``2 p N`` random numbers."""
@@ -385,11 +391,6 @@ class DifferentialArray:
         self._net[key].add(n)
         return _int_total(n.abs())
 
-    def _count_at(self, key: str, idx: torch.Tensor, n: torch.Tensor) -> int:
-        """:meth:`_count` for the counts ``n`` of the devices at flat indices ``idx`` (distinct)."""
-        self._net[key].add_at(idx, n)
-        return _int_total(n.abs())
-
     def _fire(self, n_pos: torch.Tensor, n_neg: torch.Tensor, kind: str, realised: bool = True,
               bound: int | None = None) -> torch.Tensor | None:
         """Apply signed pulse counts to the two devices, count them (``bound``: a bound of every count, if known);
@@ -424,12 +425,12 @@ class DifferentialArray:
         for dev, (at, n, j), key, sign in ((self.pos, lists[0], "pos", 1.0), (self.neg, lists[1], "neg", -1.0)):
             if at.numel() == 0:
                 continue
-            fired = self._count_at(key, at, n)
+            self._net[key].add_at(at, n)
+            if kind != "pulses_program":  # programming pulses are the rest of the devices' totals (stats)
+                self._n[kind] += _int_total(n.abs())
             dg = dev.apply_pulses_at(at, n, delta=realised)
             if realised:  # added as the dense path adds it (the same bits)
                 out.add_(torch.zeros_like(out).index_copy_(0, j, dg), alpha=sign / self.g0)
-            if kind != "pulses_program":
-                self._n[kind] += fired
         return out
 
     def _request(self, n: torch.Tensor, kind: str = "pulses_program", realised: bool = True,
@@ -447,23 +448,18 @@ class DifferentialArray:
         max_pairs = _models.SPARSE_FRACTION * self.numel
         if found is not None:
             found = found[0]
-            dense = found is None
         elif flat.dtype == torch.int32 and self.device.type == "cpu" and _kernels.available():
             found = _kernels.split(flat.contiguous(), self.pos.g.contiguous(), self.neg.g.contiguous(), self.dg,
                                    self.policy == "bidirectional", math.floor(max_pairs))
-            dense = found is None
-        else:
-            pulsed = int(flat.count_nonzero())  # cheap on integers (no nonzero() when dense)
-            dense = pulsed > max_pairs
-        if dense:
+        elif int(flat.count_nonzero()) <= max_pairs:  # cheap on integers (no nonzero() when dense)
+            idx = flat.nonzero().squeeze(1)
+            found = (idx, *self._device_lists(idx, *self._split(flat.index_select(0, idx), idx)))
+        if found is None:  # the dense path
             lo, hi = torch.aminmax(flat)  # every count of either device is at most max|n| (see _split)
             n_pos, n_neg = self._split(n)
             return self._fire(n_pos, n_neg, kind, realised, bound=max(-int(lo), int(hi)))
         out = torch.zeros(self.shape, dtype=self.dtype, device=self.device) if realised else None
-        if found is None and pulsed:
-            idx = flat.nonzero().squeeze(1)
-            found = (idx, *self._device_lists(idx, *self._split(flat.index_select(0, idx), idx)))
-        if found is not None and found[0].numel():
+        if found[0].numel():
             idx = found[0]
             versions = (self.pos.g._version, self.neg.g._version)
             dw = self._fire_at(idx, found[1:], kind, realised)
@@ -510,8 +506,7 @@ class DifferentialArray:
         the update loop) unless a request reaches 2^31 steps."""
         if mode == "manhattan":
             return torch.where(req.abs() > threshold, torch.sign(req), 0).to(torch.int32)
-        lo, hi = torch.aminmax(req)
-        p = max(-float(lo), float(hi))
+        p = _peak(req)
         dtype = torch.int32 if p < 2.0 ** 31 - 2 else torch.int64
         if mode == "deterministic":
             return torch.round(req).to(dtype)
@@ -543,9 +538,7 @@ class DifferentialArray:
         req = req.contiguous()
         if mode == "stochastic_rounding" and len(self.shape) == 2 and self.device.type == "cpu" \
                 and _kernels.available():
-            lo, hi = torch.aminmax(req)
-            p = max(-float(lo), float(hi))
-            if SPARSE_ROUNDING < p < 2.0 ** 31 - 2:
+            if SPARSE_ROUNDING < _peak(req) < 2.0 ** 31 - 2:
                 n = torch.zeros(self.shape, dtype=torch.int32)
                 u = self._uniforms(req, self.generator)  # the draw round_request makes
                 found = _kernels.round_split(req, u, cols, self.shape[1], n,

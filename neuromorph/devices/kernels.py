@@ -79,22 +79,14 @@ def _build() -> ctypes.CDLL:
                 os.unlink(tmp)
     dll = ctypes.CDLL(str(lib))
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
-    for name, real in (("nm_step_f32", ctypes.c_float), ("nm_step_f64", ctypes.c_double)):
-        fn = getattr(dll, name)
-        fn.argtypes = [i64, p, p, p, p, p, i32, p, p, p, i32, real, real, real, real, real, real, p, p, p]
-        fn.restype = None
-    dll.nm_add_at.argtypes = [i64, p, p, p]
-    dll.nm_add_at.restype = None
-    for name in ("nm_round_f32", "nm_round_f64"):
-        fn = getattr(dll, name)
-        real = ctypes.c_float if name.endswith("32") else ctypes.c_double
-        fn.argtypes = [i64, i64, i64, p, p, p, p, p, p, real, i32, i64, p, p, p, p, p, p, p, p]
-        fn.restype = i64
-    for name in ("nm_split_f32", "nm_split_f64"):
-        fn = getattr(dll, name)
-        real = ctypes.c_float if name.endswith("32") else ctypes.c_double
-        fn.argtypes = [i64, p, p, p, real, i32, i64, p, p, p, p, p, p, p, p]
-        fn.restype = i64
+    for suffix, real in (("_f32", ctypes.c_float), ("_f64", ctypes.c_double)):
+        for name, restype, argtypes in (
+                ("nm_step", None, [i64, p, p, p, p, p, i32, p, p, p, i32, *[real] * 6, p, p, p]),
+                ("nm_round", i64, [i64, i64, i64, p, p, p, p, p, p, real, i32, i64, *[p] * 8]),
+                ("nm_split", i64, [i64, p, p, p, real, i32, i64, *[p] * 8])):
+            fn = getattr(dll, name + suffix)
+            fn.argtypes, fn.restype = argtypes, restype
+    dll.nm_add_at.argtypes, dll.nm_add_at.restype = [i64, p, p, p], None
     return dll
 
 

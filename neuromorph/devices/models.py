@@ -588,22 +588,19 @@ class DeviceArray:
     def _has_write_noise(self) -> bool:
         return self.model in STEP_MODELS and self.card.write_noise_std > 0
 
-    def _with_write_noise(self, gp: torch.Tensor, generator) -> torch.Tensor:
-        """Persistent conductances ``gp`` (any shape) as applied: plus a fresh write noise draw, at least 0 S."""
-        return self._noisy(gp, self._randn(gp.shape, generator))
-
     def _write_sigma(self) -> float:
         c = self.card
         return c.write_noise_std * c.dw_min * c.w_range * self.s  # aihwkit: write_noise_std * dw_min, in S
 
     def _noisy(self, gp: torch.Tensor, xi: torch.Tensor) -> torch.Tensor:
-        """``max(gp + σ_write ξ, 0)`` for the standard normals ``xi`` (overwritten)."""
+        """Persistent conductances ``gp`` as applied: ``max(gp + σ_write ξ, 0)`` for the standard normals ``xi``
+        (a fresh write-noise draw, overwritten)."""
         return xi.mul_(self._write_sigma()).add_(gp).clamp_(min=0.0)
 
     def _write_noise(self, touched: torch.Tensor, generator) -> None:
         if not self._has_write_noise():
             return
-        app = self._with_write_noise(self._gp, generator)
+        app = self._noisy(self._gp, self._randn(self._gp.shape, generator))
         base = self._gp if self._g_app is None else self._g_app
         self._g_app = torch.where(touched, app, base)
 
@@ -732,7 +729,7 @@ class DeviceArray:
             rows = torch.stack([t.expand(self.shape).reshape(-1) for t in key[:width]], 1).contiguous()
             c = self.card
             consts = torch.tensor([2.0 * c.a, c.gamma_up, -c.gamma_down, c.gamma_up * c.b, -c.gamma_down * c.b,
-                                   c.A_up, -c.A_down, 0.0], dtype=self.dtype)
+                                   c.A_up, -c.A_down], dtype=self.dtype)
             cached = self._kernel_cache = (key, rows, consts)
         return cached[1], cached[2]
 
