@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 import tomllib
@@ -15,13 +17,16 @@ __all__ = ["main"]
 
 
 def _cmd_train(args) -> int:
-    from .train import Trainer
+    from .train import Trainer, check_run_dir
 
     overrides = list(args.set or [])
     if args.out:
         overrides.append(f"output.dir={_quote(args.out)}")
     cfg = load_config(args.config, overrides)
-    trainer = Trainer(cfg, resume=args.resume)
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in the output directory and --overwrite replaces it: give one")
+    check_run_dir(cfg.output.dir, resume=args.resume, overwrite=args.overwrite)  # before loading any data
+    trainer = Trainer(cfg, resume=args.resume, overwrite=args.overwrite)
     hist = trainer.fit()
     if hist:
         best = max(h["test_acc"] for h in hist)
@@ -31,6 +36,20 @@ def _cmd_train(args) -> int:
 
 def _quote(s: str) -> str:
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"--seed {seed} is invalid: must be an integer in [0, 2^32 - 1]")
+
+
+def _check_paths(args) -> None:
+    """Path arguments with control characters (a newline) are refused: they make files nobody can name."""
+    for name in ("out", "config", "checkpoint", "data_dir"):
+        v = getattr(args, name, None)
+        if isinstance(v, str) and any(ord(c) < 32 or ord(c) == 127 for c in v):
+            raise ValueError(f"--{name.replace('_', '-')} {v!r} holds a control character (newline, tab, ...); "
+                             "use a plain path")
 
 
 def _cmd_evaluate(args) -> int:
@@ -67,7 +86,7 @@ def _cmd_demo(args) -> int:
         slug = label.lower().replace(" ", "-")
         cfg = replace(base, name=f"demo-{slug}", train=replace(base.train, **train_kw), ep=replace(base.ep, **ep_kw),
                       output=replace(base.output, dir=str(out / slug)))
-        tr = Trainer(cfg, dataset=dataset)
+        tr = Trainer(cfg, dataset=dataset, overwrite=True)  # the demo replaces its own earlier runs
         dataset = tr.dataset
         t0 = time.perf_counter()
         hist = tr.fit(log=None)
@@ -90,17 +109,25 @@ def _cmd_ep_vs_bptt(args) -> int:
     import torch
 
     from .compare import ep_vs_bptt, plot_ep_vs_bptt
-    from .train import Trainer, load_checkpoint
+    from .train import Trainer, load_checkpoint, load_model_state
 
-    cfg = load_config(args.config, list(args.set or []))
+    for name in ("batch", "T", "K"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ValueError(f"--{name} {v} is invalid: must be an integer >= 1")
+    if args.beta is not None and not (math.isfinite(args.beta) and args.beta > 0):
+        raise ValueError(f"--beta {args.beta} is invalid: must be a finite number > 0")
+    _check_seed(args.seed)
+    overrides = list(args.set or [])
+    overrides += [f"ep.{k}={v}" for k, v in (("T", args.T), ("K", args.K), ("beta", args.beta)) if v is not None]
+    cfg = load_config(args.config, overrides)
+    ck = load_checkpoint(args.checkpoint) if args.checkpoint else None  # read before the data: fails fast
     tr = Trainer(cfg)
-    if args.checkpoint:
-        tr.net.load_state_dict(load_checkpoint(args.checkpoint)["model"])
+    if ck is not None:
+        load_model_state(tr.net, ck["model"], f"checkpoint {args.checkpoint!r}")
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(tr.x_train.shape[0], generator=gen)[: args.batch]
-    beta = args.beta if args.beta is not None else cfg.ep.beta
-    T = args.T or cfg.ep.T
-    K = args.K or cfg.ep.K
+    beta, T, K = cfg.ep.beta, cfg.ep.T, cfg.ep.K
     res = ep_vs_bptt(tr.net, tr.x_train[idx], tr.y_train[idx], T, K, beta)
     path = plot_ep_vs_bptt(res, args.out)
     print(f"free phase residual {res['free_residual']:.2e} (the comparison needs a converged free phase)")
@@ -161,7 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=5 --set 'train.lr=[0.1,0.05]'")
     t.add_argument("--out", help="run directory (overrides output.dir)")
-    t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue from the run directory's checkpoint (changes "
+                   "to epochs, decay_epochs beyond the epochs done, eval and data-location settings are applied and "
+                   "recorded in resumes.jsonl; any other change is refused)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in the output directory (default: refuse)")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a checkpoint on its dataset")
@@ -224,20 +255,40 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_INTERRUPTED = {
+    "train": "continue it with the same command and --resume (the last finished epoch's checkpoint is kept)",
+    "sweep": "run the same command again: finished runs are kept and the others run",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .data import DatasetError
-    from .train import CheckpointError, TrainingDiverged
+    from .runio import RunLocked, WriteFailed
+    from .train import CheckpointError, RunExists, TrainingDiverged
 
     try:
+        _check_paths(args)
         return args.func(args)
-    except (ConfigError, DatasetError, CheckpointError, TrainingDiverged, ValueError) as e:
+    except (ConfigError, DatasetError, CheckpointError, TrainingDiverged, RunExists, RunLocked, WriteFailed,
+            ValueError) as e:
         print(f"neuromorph {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `neuromorph ... | head`: the reader left; exit quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except OSError as e:  # a path that is a file, a full disk, no permission: one line naming the path
+        if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename:
+            msg = f"{e.filename!r}: a file is in the way where a directory is needed (Not a directory)"
+        else:
+            msg = f"{e.strerror or e}" + (f": {e.filename!r}" if e.filename else "")
+        print(f"neuromorph {args.command}: error: {msg}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"neuromorph {args.command}: interrupted; a run continues with --resume", file=sys.stderr)
+        then = _INTERRUPTED.get(args.command, "nothing was lost but the unfinished work")
+        print(f"neuromorph {args.command}: interrupted; {then}", file=sys.stderr)
         return 130
-
 
 if __name__ == "__main__":
     sys.exit(main())

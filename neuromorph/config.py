@@ -11,6 +11,7 @@ plus an optional top-level ``name``; see ``configs/`` for examples.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import typing
@@ -30,6 +31,15 @@ __all__ = ["ConfigError", "ModelConfig", "EPConfig", "TrainConfig", "DataConfig"
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+MAX_NAME = 200
+"""Longest run name: it labels files, tables, plots and SPICE netlist titles."""
+MAX_SEED = 2**32 - 1
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in text)
 
 
 def _choice(path: str, value: str, allowed) -> None:
@@ -178,6 +188,7 @@ class TrainConfig:
         _check("train.decay_epochs", self.decay_epochs >= 0, self.decay_epochs, "an integer >= 0")
         _check("train.lr_final", math.isfinite(self.lr_final) and self.lr_final >= 0, self.lr_final, ">= 0")
         _check("train.threads", self.threads >= 0, self.threads, "an integer >= 0")
+        _check("train.seed", 0 <= self.seed <= MAX_SEED, self.seed, f"an integer in [0, {MAX_SEED}]")
         _check("train.device", self.device == "cpu" or self.device.startswith("cuda"), self.device,
                '"cpu" or "cuda[:N]"')
 
@@ -204,14 +215,18 @@ class DataConfig:
         _check("data.crop_padding", self.crop_padding >= 0, self.crop_padding, "an integer >= 0")
         _check("data.n_train", self.n_train >= 0, self.n_train, "an integer >= 0")
         _check("data.n_test", self.n_test >= 0, self.n_test, "an integer >= 0")
+        _check("data.dir", not _has_control(self.dir), self.dir, "a path without control characters")
 
 
 @dataclass(frozen=True)
 class OutputConfig:
     dir: str = "runs/default"
-    """Run directory: metrics.jsonl, checkpoint.pt, config.toml, plots."""
+    """Run directory: metrics.jsonl, checkpoint.pt (and checkpoint_best.pt), config.toml, plots."""
     checkpoint: bool = True
 
+    def __post_init__(self):
+        _check("output.dir", bool(self.dir) and not _has_control(self.dir), self.dir,
+               "a non-empty path without control characters (newline, tab, ...)")
 
 
 
@@ -271,6 +286,7 @@ class HardwareConfig:
 
     def __post_init__(self):
         _choice("hardware.mapping", self.mapping, ("min", "symmetric"))
+        _check("hardware.seed", 0 <= self.seed <= MAX_SEED, self.seed, f"an integer in [0, {MAX_SEED}]")
         _choice("hardware.policy", self.policy, ("bidirectional", "unidirectional"))
         _choice("hardware.update", self.update, UPDATE_MODES)
         _choice("hardware.solver", self.solver, SOLVERS)
@@ -302,6 +318,8 @@ class RunConfig:
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
     def __post_init__(self):
+        _check("name", 1 <= len(self.name) <= MAX_NAME and not _has_control(self.name), self.name,
+               f"1 to {MAX_NAME} characters without control characters (newline, tab, ...)")
         if self.model.unidirectional and self.ep.rule == "ep" and self.train.algorithm == "ep":
             raise ConfigError("model.unidirectional = true has no primitive Φ for ep.rule = \"ep\"; "
                               "set ep.rule = \"vf\" or \"kp_vf\"")
@@ -364,11 +382,17 @@ def config_from_dict(data: dict) -> RunConfig:
     return _build(RunConfig, data, "")
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(item: str, text: str) -> Any:
+    if _has_control(text.replace("\t", " ")):
+        raise ConfigError(f"override {item!r}: the value holds a newline or another control character; "
+                          "give one TOML value on one line")
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        doc = tomllib.loads(f"v = {text}")
     except tomllib.TOMLDecodeError:
         return text  # a bare word is a string: --set data.name=mnist
+    if set(doc) != {"v"}:
+        raise ConfigError(f"override {item!r}: the value must be one TOML value")
+    return doc["v"]
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -386,7 +410,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = _parse_value(text.strip())
+        node[parts[-1]] = _parse_value(item, text.strip())
     return data
 
 
@@ -395,10 +419,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a directory; give a .toml file (see configs/)")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
         try:
-            data = tomllib.loads(p.read_text())
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {str(p)!r} is not UTF-8 text (byte {e.start}): a config is a TOML "
+                              "text file") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
     return config_from_dict(apply_overrides(data, overrides or []))
@@ -420,8 +449,8 @@ def _toml_value(v) -> str:
         return "true" if v else "false"
     if isinstance(v, (int, float)):
         return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, str):  # a TOML basic string: JSON's escapes are TOML's (\\uXXXX for control characters)
+        return json.dumps(v, ensure_ascii=False)
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(u) for u in v) + "]"
     raise TypeError(type(v))

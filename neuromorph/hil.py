@@ -31,6 +31,7 @@ from .data import Dataset, iterate_batches
 from .devices import load_card
 from .estimators import _rows, make_estimator
 from .hardware import HardwareNetwork, make_solver
+from .runio import RunLock, json_line, json_safe
 from .train import METRICS, Trainer, learning_rate
 
 __all__ = ["HardwareTrainer", "hardware_from_config", "periphery_from_config", "compare"]
@@ -181,7 +182,7 @@ class HardwareTrainer:
             m = self.train_epoch(epoch)
             self.history.append(m)
             with open(metrics, "a") as f:
-                f.write(json.dumps(m) + "\n")
+                f.write(json_line(m))
                 f.flush()
                 os.fsync(f.fileno())
             if log:
@@ -197,18 +198,26 @@ def compare(cfg: RunConfig, out: str | Path, log=print) -> dict:
     Returns the summary (also ``out/comparison.json`` and ``out/comparison.md``; curves in
     ``out/learning_curves.png``; each run's metrics under ``out/ideal`` and ``out/hardware``).
     """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out, "comparison directory"):
+        return _compare(cfg, out, log)
+
+
+def _compare(cfg: RunConfig, out: Path, log) -> dict:
     from .plots import plot_learning_curves
 
-    out = Path(out)
     notes = []
     if cfg.train.momentum > 0:
         notes.append(f"the reference uses momentum {cfg.train.momentum}; the hardware update has none")
+    # the hardware side is built first: a device name, card or network it cannot simulate is refused before
+    # any training (its set-up loads the data and maps the initial weights; the reference reuses the data)
+    hwt = HardwareTrainer(replace(cfg, output=replace(cfg.output, dir=str(out / "hardware"))))
     ideal_cfg = replace(cfg, output=replace(cfg.output, dir=str(out / "ideal")))
-    ideal = Trainer(ideal_cfg)  # timed from here: loading the data (the first run's) is not training
-    t0 = time.perf_counter()
+    ideal = Trainer(ideal_cfg, dataset=hwt.dataset, overwrite=True)  # compare replaces its own earlier results
+    t0 = time.perf_counter()  # timed from here: loading the data is not training
     hist_i = ideal.fit(log=log)
     t_ideal = time.perf_counter() - t0
-    hwt = HardwareTrainer(replace(cfg, output=replace(cfg.output, dir=str(out / "hardware"))), dataset=ideal.dataset)
     t0 = time.perf_counter()
     hist_h = hwt.fit(log=log)
     t_hw = time.perf_counter() - t0
@@ -227,7 +236,7 @@ def compare(cfg: RunConfig, out: str | Path, log=print) -> dict:
         "ideal_time_s": t_ideal, "hardware_time_s": t_hw, "notes": notes,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "comparison.json").write_text(json.dumps(summary, indent=1))
+    (out / "comparison.json").write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False))
     rows = [("test accuracy (last epoch)", f"{summary['ideal_test_acc']:.4f}", f"{summary['hardware_test_acc']:.4f}"),
             ("best test accuracy", f"{summary['ideal_best_test_acc']:.4f}",
              f"{summary['hardware_best_test_acc']:.4f}"),

@@ -31,6 +31,7 @@ interface.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import torch
@@ -218,6 +219,36 @@ class ConvPool:
         return out
 
 
+def _n_weights(syn, bias: bool | None = None) -> int:
+    """Number of weights (and biases, unless ``bias`` is False) of a Dense or ConvPool synapse."""
+    b = syn.bias if bias is None else bias
+    if isinstance(syn, ConvPool):
+        return syn.c_out * syn.c_in * syn.kernel**2 + (syn.c_out if b else 0)
+    return syn.n_pre * syn.n_post + (syn.n_post if b else 0)
+
+
+def memory_limit_bytes() -> int:
+    """This machine's physical memory in bytes (the bound a network's parameters are checked against)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no check
+        return 1 << 62
+
+
+def _check_memory(n_weights: int, sizes: Sequence[int], dtype: torch.dtype) -> None:
+    """Refuse, before allocating, a network whose weights, gradients and optimizer state exceed the memory.
+
+    Per weight: the float64 init draw (8 B) plus four copies in ``dtype`` (weights, gradients and the two
+    optimizer buffers of Adam; SGD with momentum keeps one).
+    """
+    need = n_weights * (8 + 4 * torch.empty((), dtype=dtype).element_size())
+    have = memory_limit_bytes()
+    if need > have:
+        raise ValueError(f"model.layers = {list(sizes)} has {n_weights:,} weights: about {need / 2**30:,.1f} GiB for "
+                         f"the weights, their gradients and optimizer state, more than this machine's "
+                         f"{have / 2**30:,.1f} GiB of memory; use smaller layers")
+
+
 class LayeredNetwork(nn.Module):
     """A layered convergent RNN (convolutional and/or fully connected), the ideal-precision reference.
 
@@ -286,6 +317,11 @@ class LayeredNetwork(nn.Module):
         if dropout and (len(dropout) != len(shapes) or not all(0 <= p < 1 for p in dropout)):
             raise ValueError(f"dropout needs one probability in [0, 1) per state layer ({len(shapes)}), got {dropout}")
         self.dropout = dropout if any(dropout) else ()
+        n_weights = sum(_n_weights(syn) for syn in self.synapses) + (self.state_sizes[-1] * sizes[-1]
+                                                                      if loss == "xent" else 0)
+        if unidirectional:
+            n_weights += sum(_n_weights(syn, bias=False) for syn in self.synapses[1:])
+        _check_memory(n_weights, sizes, dtype)
         gen = generator if generator is not None else torch.Generator().manual_seed(seed)
         self.unidirectional = bool(unidirectional)
         self.groups: list[list[nn.Parameter]] = []

@@ -10,11 +10,10 @@ and it is read back with ``torch.load(..., weights_only=True)``.
 
 from __future__ import annotations
 
-import json
 import math
-import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -26,12 +25,25 @@ from .data import Dataset, channel_stats, iterate_batches, load_dataset, normali
 from .dynamics import relax
 from .estimators import ep_gradients, make_estimator
 from .network import LayeredNetwork
+from .runio import LOCK, RunLock, atomic_write, json_line
 
-__all__ = ["TrainingDiverged", "CheckpointError", "Trainer", "build_network", "make_optimizer", "learning_rate",
-           "evaluate", "load_checkpoint", "save_checkpoint", "network_from_checkpoint"]
+__all__ = ["TrainingDiverged", "CheckpointError", "RunExists", "Trainer", "build_network", "make_optimizer",
+           "learning_rate", "evaluate", "load_checkpoint", "save_checkpoint", "network_from_checkpoint",
+           "load_model_state", "find_run", "check_run_dir", "RESUMABLE_KEYS"]
 
 CHECKPOINT = "checkpoint.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
 METRICS = "metrics.jsonl"
+RESUMES = "resumes.jsonl"
+CHANCE_EPOCHS = 3
+"""Epochs in a row with the training accuracy at chance (at most 1.5 / classes) and a training loss that did not
+fall by 1 % over them before the run warns that it has diverged (a slow start still lowers its loss)."""
+
+RESUMABLE_KEYS = frozenset({
+    "name", "train.epochs", "train.decay_epochs", "train.eval_batch_size", "train.progress", "train.threads",
+    "train.device", "ep.convergence_tol", "data.dir", "data.verify", "output.dir", "output.checkpoint"})
+"""Config keys a ``--resume`` may change (applied and recorded in ``resumes.jsonl``); any other difference from
+the checkpoint's config is refused. ``train.decay_epochs`` may change only to a value beyond the epochs done."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -40,6 +52,10 @@ class TrainingDiverged(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or belongs to another configuration."""
+
+
+class RunExists(RuntimeError):
+    """The output directory already holds a run and neither resume nor overwrite was asked for."""
 
 
 def learning_rate(epoch: int, lr0: float, lr_final: float, decay_epochs: int, after_decay: str = "hold") -> float:
@@ -117,40 +133,166 @@ def evaluate(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, T: int, batc
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write atomically: temporary file in the same directory, fsync, rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write atomically: temporary file in the same directory, fsync, rename. On failure (a full disk) the
+    temporary file is removed, the previous checkpoint is kept and :class:`~neuromorph.runio.WriteFailed` says why."""
+    atomic_write(path, lambda f: torch.save(payload, f))
+
+
+_CHECKPOINT_KEYS = {"format": int, "epoch": int, "model": dict, "config": dict}
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint with ``weights_only=True`` (no arbitrary code from the file)."""
+    """Read a checkpoint with ``weights_only=True`` (no arbitrary code from the file) and check its structure."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {str(path)!r} is a directory; give the checkpoint file "
+                              f"(e.g. {str(path / CHECKPOINT)!r})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {e}") from None
+        # torch's own text can advise weights_only=False, i.e. running code from the file: never pass it on
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read ({type(e).__name__}): it is truncated, "
+                              "corrupted or not a checkpoint written by neuromorph") from None
     if not isinstance(ck, dict) or ck.get("format") != 1:
         raise CheckpointError(f"{str(path)!r} is not a neuromorph checkpoint (format 1)")
+    for key, tp in _CHECKPOINT_KEYS.items():
+        if key not in ck:
+            raise CheckpointError(f"checkpoint {str(path)!r} has no {key!r} entry; a neuromorph checkpoint holds "
+                                  f"{', '.join(_CHECKPOINT_KEYS)}")
+        if not isinstance(ck[key], tp) or isinstance(ck[key], bool):
+            raise CheckpointError(f"checkpoint {str(path)!r}: {key!r} is a {type(ck[key]).__name__}, "
+                                  f"expected a {tp.__name__}")
+    bad = [k for k, v in ck["model"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"checkpoint {str(path)!r}: model entries {bad[:5]} are not named tensors")
+    shape = ck.get("input_shape", [])
+    if not isinstance(shape, (list, tuple)) or not all(isinstance(v, int) and v >= 1 for v in shape):
+        raise CheckpointError(f"checkpoint {str(path)!r}: input_shape = {shape!r} is not a list of positive integers")
+    ck["_path"] = str(path)
     return ck
 
 
-def network_from_checkpoint(ck: dict, device: str = "cpu") -> tuple[LayeredNetwork, RunConfig]:
-    from dataclasses import replace
+def _some(items: list[str], n: int = 12) -> str:
+    """The first ``n`` items joined by commas (and how many more)."""
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
 
-    cfg = config_from_dict(ck["config"])
+
+def _shape_text(shape) -> str:
+    return "x".join(map(str, shape)) if len(shape) else "scalar"
+
+
+def _layer_sizes(shapes: list[tuple[int, ...]]) -> list[int] | None:
+    """``[n0, n1, ...]`` of a bidirectional dense network from its parameter shapes ``[(n1, n0), (n1,), (n2, n1),
+    ...]`` (biases optional); None when the shapes are no such chain (conv layers, backward weights, ...)."""
+    mats = [s for s in shapes if len(s) == 2]
+    if not mats or any(len(s) not in (1, 2) for s in shapes):
+        return None
+    sizes = [mats[0][1]]
+    for m in mats:
+        if m[1] != sizes[-1]:
+            return None
+        sizes.append(m[0])
+    return sizes
+
+
+def _describe(shapes: dict) -> str:
+    """``layer sizes 64-32-10 (params.0 32x64, params.1 32, ...)`` or just the parameter shapes."""
+    items = _some([f"{k} {_shape_text(v)}" for k, v in shapes.items()]) or "no parameters"
+    sizes = _layer_sizes(list(shapes.values()))
+    return f"layer sizes {'-'.join(map(str, sizes))} ({items})" if sizes else f"parameters ({items})"
+
+
+def load_model_state(net: LayeredNetwork, state: dict, where: str = "the checkpoint") -> None:
+    """Load ``state`` into ``net`` after checking it: the network's parameter names and shapes (a checkpoint of
+    another architecture names both networks' layer sizes and the differences), real and finite values.
+    Raises :class:`CheckpointError`."""
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in state.items()}
+    if have != want:
+        what = []
+        if missing := [k for k in want if k not in have]:
+            what.append(f"the checkpoint lacks {_some(missing)}")
+        if extra := [str(k) for k in have if k not in want]:
+            what.append(f"the checkpoint has extra {_some(extra)}")
+        if diff := [f"{k} {_shape_text(have[k])} vs {_shape_text(want[k])}" for k in want
+                    if k in have and have[k] != want[k]]:
+            what.append(f"shapes (checkpoint vs config) {_some(diff)}")
+        same = _layer_sizes(list(have.values())) == _layer_sizes(list(want.values())) is not None
+        raise CheckpointError(f"{where} holds another network than this config's: checkpoint {_describe(have)}, "
+                              f"config {_describe(want)}; differences: {'; '.join(what)}"
+                              + (" (same layer sizes: model.bias or model.unidirectional differ)" if same else "")
+                              + ". Use the config the checkpoint was trained with")
+    for k, v in state.items():
+        if v.is_complex() or v.dtype == torch.bool:
+            raise CheckpointError(f"{where}: parameter {k} has dtype {v.dtype}; real numbers are required")
+        n_bad = int((~torch.isfinite(v)).sum()) if v.is_floating_point() else 0
+        if n_bad:
+            raise CheckpointError(f"{where}: parameter {k} ({_shape_text(v.shape)}) has {n_bad} non-finite "
+                                  "value(s) (nan/inf); the weights must be finite")
+    net.load_state_dict(state)
+
+
+def network_from_checkpoint(ck: dict, device: str = "cpu") -> tuple[LayeredNetwork, RunConfig]:
+    """The network (with the checkpoint's weights) and config of a checkpoint read by :func:`load_checkpoint`."""
+    where = f"checkpoint {ck.get('_path', '')!r}"
+    try:
+        cfg = config_from_dict(ck["config"])
+    except ValueError as e:
+        raise CheckpointError(f"{where} holds an invalid config: {e}") from None
     cfg = replace(cfg, train=replace(cfg.train, device=device))
     shape = tuple(ck.get("input_shape", ()))
     n_features = math.prod(shape) if shape else cfg.model.layers[0]
     net = build_network(cfg, n_features, cfg.model.layers[-1], shape or None)
-    net.load_state_dict(ck["model"])
+    load_model_state(net, ck["model"], where)
     return net, cfg
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _stuck_at_chance(window: list[dict], chance: float) -> bool:
+    if len(window) < CHANCE_EPOCHS or any(h["train_acc"] > chance for h in window):
+        return False
+    first, last = window[0]["train_loss"], window[-1]["train_loss"]
+    return not (math.isfinite(first) and math.isfinite(last)) or last >= 0.99 * first
+
+
+def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, probe_lock: bool = True) -> None:
+    """Refuse, before any work, an output directory that another process is training in (naming its pid), that
+    is a file, or that holds a run when neither ``resume`` nor ``overwrite`` is set."""
+    out = Path(out)
+    if probe_lock and out.is_dir() and (out / LOCK).is_file():
+        RunLock(out).acquire().release()
+    found = find_run(out)
+    if found and not resume and not overwrite:
+        raise RunExists(f"{str(out)!r} already holds a run: {found}. Continue it with --resume, give another --out, "
+                        "or replace it with --overwrite")
+
+
+def find_run(out: Path) -> str | None:
+    """What in ``out`` shows a run (a checkpoint, recorded epochs or a config), or None for an empty/new one."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise RunExists(f"output directory {str(out)!r} is a file; give a directory for the run")
+    if (out / CHECKPOINT).exists():
+        return f"a checkpoint ({out / CHECKPOINT})"
+    metrics = out / METRICS
+    if metrics.exists() and metrics.stat().st_size > 0:
+        return f"recorded epochs ({metrics})"
+    if (out / "config.toml").exists():
+        return f"a config ({out / 'config.toml'})"
+    return None
 
 
 @dataclass
@@ -160,9 +302,14 @@ class Trainer:
     cfg: RunConfig
     dataset: Dataset | None = None
     resume: bool = False
+    overwrite: bool = False
+    """Replace a run found in ``cfg.output.dir`` (otherwise :class:`RunExists` is raised unless resuming)."""
 
     def __post_init__(self):
         cfg = self.cfg
+        self.out = Path(cfg.output.dir)
+        if self.resume:  # before any work: a refused resume costs nothing
+            check_run_dir(self.out, resume=True, overwrite=self.overwrite)
         # Set explicitly even for the default: measured 20-40% faster, and steadier, than torch's lazily
         # initialised intra-op pool on this 2-core machine (small products in the relaxation loop).
         torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
@@ -186,8 +333,9 @@ class Trainer:
             self.x_test = normalize(self.x_test.view(-1, *ds.input_shape), *self._stats).reshape(len(ds.x_test), -1)
         self.optimizer = make_optimizer(self.net, cfg)
         self.estimator = make_estimator(cfg.ep.estimator, cfg.ep.beta)
-        self.out = Path(cfg.output.dir)
         self.history: list[dict] = []
+        self.resumes: list[dict] = []
+        self._changed: dict = {}
         self.start_epoch = 0
         if self.resume:
             self._resume()
@@ -196,28 +344,50 @@ class Trainer:
     def _payload(self, epoch: int) -> dict:
         return {"format": 1, "epoch": epoch, "model": self.net.state_dict(),
                 "input_shape": list(self.dataset.input_shape), "optimizer": self.optimizer.state_dict(),
-                "config": config_to_dict(self.cfg), "history": self.history}
+                "config": config_to_dict(self.cfg), "history": self.history, "resumes": self.resumes}
+
+    def _config_changes(self, saved: dict, where: str) -> dict:
+        """Keys whose value differs from the checkpoint's config; refuses those a resume may not change."""
+        old, new = _flat(saved), _flat(config_to_dict(self.cfg))
+        changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+        refused = [k for k in changed if k not in RESUMABLE_KEYS]
+        if "train.decay_epochs" in changed and changed["train.decay_epochs"][1] <= self.start_epoch:
+            refused.append("train.decay_epochs")
+        if refused:
+            diffs = "; ".join(f"{k}: {changed[k][0]!r} in the checkpoint, {changed[k][1]!r} now" for k in refused)
+            raise CheckpointError(
+                f"cannot resume {where}: this config differs from the run's in keys a resume may not change "
+                f"({diffs}). Start a new run (another --out) or drop these changes; a resume may change "
+                f"{', '.join(sorted(RESUMABLE_KEYS))} (train.decay_epochs only beyond the {self.start_epoch} "
+                "epochs done)")
+        return changed
 
     def _resume(self) -> None:
         path = self.out / CHECKPOINT
         if not path.exists():
-            return  # nothing to resume: start from scratch
+            metrics = self.out / METRICS
+            if metrics.exists() and metrics.stat().st_size > 0:
+                raise CheckpointError(f"cannot resume {str(self.out)!r}: it has recorded epochs but no {CHECKPOINT} "
+                                      "(output.checkpoint = false?); start again with --overwrite or another --out")
+            return  # killed before its first epoch ended: start from scratch
         ck = load_checkpoint(path)
-        saved = config_from_dict(ck["config"])
-        for section in ("model", "ep", "data"):
-            if getattr(saved, section) != getattr(self.cfg, section):
-                raise CheckpointError(f"cannot resume {str(path)!r}: its [{section}] differs from this config "
-                                      f"({getattr(saved, section)} vs {getattr(self.cfg, section)})")
-        self.net.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        self.history = list(ck["history"])
         self.start_epoch = int(ck["epoch"]) + 1
-        self._write_metrics()
+        changed = self._config_changes(ck["config"], repr(str(path)))
+        load_model_state(self.net, ck["model"], f"checkpoint {str(path)!r}")
+        try:
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise CheckpointError(f"checkpoint {str(path)!r}: its optimizer state does not fit "
+                                  f"train.optimizer = {self.cfg.train.optimizer!r} ({type(e).__name__}: {e})") from None
+        self.history = list(ck.get("history", []))
+        self.resumes = list(ck.get("resumes", []))
+        if changed:
+            self.resumes.append({"epoch": self.start_epoch, "changed": {k: {"from": a, "to": b}
+                                                                          for k, (a, b) in changed.items()}})
+        self._changed = changed
 
     def _write_metrics(self) -> None:
-        tmp = self.out / f".{METRICS}.tmp"
-        tmp.write_text("".join(json.dumps(h) + "\n" for h in self.history))
-        os.replace(tmp, self.out / METRICS)
+        atomic_write(self.out / METRICS, lambda f: f.write("".join(json_line(h) for h in self.history).encode()))
 
     # ------------------------------------------------------------------ training
     def _generator(self, epoch: int, stream: int) -> torch.Generator:
@@ -293,21 +463,51 @@ class Trainer:
                 **({"angles": net.alignment_angles()} if net.unidirectional else {})}
 
     def fit(self, log=print) -> list[dict]:
+        """Train the remaining epochs, holding the run directory's lock; returns the history.
+
+        Each epoch appends one strict JSON line to ``metrics.jsonl`` and (with ``output.checkpoint``) writes
+        ``checkpoint.pt`` atomically; ``checkpoint_best.pt`` keeps the epoch of best test accuracy, so a run
+        that diverges late keeps its best weights. A run whose training accuracy stays at chance for
+        :data:`CHANCE_EPOCHS` epochs says so once.
+        """
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.toml").write_text(dump_toml(cfg))
-        if self.start_epoch == 0:
+        with RunLock(self.out):
+            check_run_dir(self.out, resume=self.resume, overwrite=self.overwrite, probe_lock=False)
+            atomic_write(self.out / "config.toml", lambda f: f.write(dump_toml(cfg).encode()))
             self._write_metrics()
-        elif log:
-            log(f"resuming {cfg.name} at epoch {self.start_epoch + 1}/{cfg.train.epochs} from {self.out / CHECKPOINT}")
-        for epoch in range(self.start_epoch, cfg.train.epochs):
-            m = self.train_epoch(epoch)
-            self.history.append(m)
-            with open(self.out / METRICS, "a") as f:
-                f.write(json.dumps(m) + "\n")
-            if cfg.output.checkpoint:
-                save_checkpoint(self.out / CHECKPOINT, self._payload(epoch))
-            if log:
-                log(f"[{cfg.name}] epoch {m['epoch']:>3}/{cfg.train.epochs}  train acc {m['train_acc']:.4f}  "
-                    f"test acc {m['test_acc']:.4f}  {m['train_time_s']:.1f}s  {m['samples_per_s']:.0f} samples/s")
+            if self._changed:
+                text = "".join(json_line(r) for r in self.resumes).encode()
+                atomic_write(self.out / RESUMES, lambda f: f.write(text))
+            if self.start_epoch == 0:
+                for stale in (CHECKPOINT, BEST_CHECKPOINT, RESUMES):  # --overwrite: nothing of the old run survives
+                    (self.out / stale).unlink(missing_ok=True)
+            elif log:
+                changes = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in self._changed.items())
+                log(f"resuming {cfg.name} at epoch {self.start_epoch + 1}/{cfg.train.epochs} from "
+                    f"{self.out / CHECKPOINT}" + (f"; changed: {changes}" if changes else ""))
+            best = max((h["test_acc"] for h in self.history if h.get("test_acc") is not None), default=-1.0)
+            chance = 1.5 / self.net.n_classes
+            warned = False
+            for epoch in range(self.start_epoch, cfg.train.epochs):
+                m = self.train_epoch(epoch)
+                self.history.append(m)
+                with open(self.out / METRICS, "a") as f:
+                    f.write(json_line(m))
+                if cfg.output.checkpoint:
+                    payload = self._payload(epoch)
+                    save_checkpoint(self.out / CHECKPOINT, payload)
+                    if math.isfinite(m["test_acc"]) and m["test_acc"] > best:
+                        best = m["test_acc"]
+                        save_checkpoint(self.out / BEST_CHECKPOINT, payload)
+                if log:
+                    log(f"[{cfg.name}] epoch {m['epoch']:>3}/{cfg.train.epochs}  train acc {m['train_acc']:.4f}  "
+                        f"test acc {m['test_acc']:.4f}  {m['train_time_s']:.1f}s  {m['samples_per_s']:.0f} samples/s")
+                if not warned and _stuck_at_chance(self.history[-CHANCE_EPOCHS:], chance):
+                    warned = True
+                    print(f"neuromorph: warning: {cfg.name}: the training accuracy has been at chance "
+                          f"(<= {chance:.3f} for {self.net.n_classes} classes) for {CHANCE_EPOCHS} epochs: the run "
+                          f"has likely diverged (train.lr = {list(cfg.train.lr)}); its best epoch is kept in "
+                          f"{self.out / BEST_CHECKPOINT if cfg.output.checkpoint else 'metrics.jsonl'}",
+                          file=sys.stderr, flush=True)
         return self.history
