@@ -18,3 +18,15 @@ def shared_data() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return DATA_DIR
+
+
+@pytest.fixture
+def spice():
+    """ngspice through PySpice: skipped locally when missing, a failure in CI."""
+    from neuromorph.spice.run import spice_available
+
+    ok, why = spice_available()
+    if not ok:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"ngspice/PySpice missing in CI: {why}")
+        pytest.skip(why)

@@ -2,7 +2,6 @@
 locally when missing, a failure when CI=true (``make test`` installs the Debian packages as root)."""
 
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,14 +25,6 @@ from neuromorph.spice.run import (
 pytestmark = pytest.mark.spice
 GOLDEN = Path(__file__).resolve().parents[1] / "circuits" / "golden" / "layer_4x3.cir"
 OK, WHY = spice_available()
-
-
-@pytest.fixture
-def spice():
-    if not OK:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"ngspice/PySpice missing in CI: {WHY}")
-        pytest.skip(WHY)
 
 
 def golden_net() -> tuple[LayeredNetwork, torch.Tensor]:

@@ -38,8 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["SpiceLayout", "Netlist", "build_netlist", "export_netlist", "sanitize_name", "library_path",
-           "library_subckt", "to_pyspice", "OUTPUT_STAGES", "DEFAULT_OPTIONS"]
+__all__ = ["SpiceLayout", "Netlist", "build_netlist", "export_netlist", "sanitize_name", "title_text", "library_path",
+           "library_subckt", "to_pyspice", "OUTPUT_STAGES", "DEFAULT_OPTIONS", "TITLE_MAX"]
 
 OUTPUT_STAGES = {"clamp01": "nm_neuron_clamp", "sigmoid": "nm_neuron_sigmoid", "tanh": "nm_neuron_tanh"}
 """Output stage subcircuit of circuits/neuromorph.lib per unit nonlinearity (``net.act.unit``)."""
@@ -48,6 +48,14 @@ DEFAULT_OPTIONS = {"reltol": 1e-9, "abstol": 1e-18, "vntol": 1e-12, "gmin": 1e-1
 """Tight ngspice tolerances for the steady-state comparison (V: 1e-12, A: 1e-18)."""
 
 _NAME = re.compile(r"[^A-Za-z0-9_]")
+
+TITLE_MAX = 200
+"""Most characters of the (escaped) title written into the netlist's first line; a longer title is cut and ends in
+``...``. ngspice 39 keeps a first line of up to 4,999 characters: the rest of a longer one becomes a card
+of its own (an injected card, or a deck ngspice rejects)."""
+
+COMMENT_MAX = 1000
+"""Most characters of any comment line (a longer one is cut and ends in ``...``)."""
 
 
 def sanitize_name(name: str, what: str = "name") -> str:
@@ -61,9 +69,41 @@ def sanitize_name(name: str, what: str = "name") -> str:
     return out
 
 
+def title_text(title: str, limit: int = TITLE_MAX) -> str:
+    """The title as the netlist writes it (in its first line, a comment): ASCII letters and digits lower-cased,
+    ``_`` kept, every other ASCII character (space, newline, dot, braces, ...) as ``_``, every non-ASCII
+    character escaped as ``\\uXXXX`` (``\\UXXXXXXXX`` beyond the BMP), at most ``limit`` characters (a longer
+    title is cut at a whole character and ends in ``...``). Never fails on the content: the title is only a
+    comment (an empty title is written ``untitled``); a title that is not a string raises ValueError."""
+    if not isinstance(title, str):
+        raise ValueError(f"title must be a string, got {type(title).__name__}")
+    limit = max(int(limit), 4)
+    pieces = []
+    for c in title[: limit + 1]:  # more characters cannot fit: every piece has at least one
+        o = ord(c)
+        if o >= 128:
+            pieces.append(f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}")
+        else:
+            pieces.append(c.lower() if (c.isalnum() or c == "_") else "_")
+    if len(title) <= limit and sum(map(len, pieces)) <= limit:
+        return "".join(pieces) or "untitled"
+    out, n = [], 0
+    for piece in pieces:
+        if n + len(piece) > limit - 3:
+            break
+        out.append(piece)
+        n += len(piece)
+    out.append("...")
+    return "".join(out)
+
+
 def _comment(text: str) -> str:
-    """A comment line: printable ASCII only (newlines and control characters dropped)."""
-    return "* " + "".join(c for c in str(text) if 32 <= ord(c) < 127)
+    """A comment line: printable ASCII only (newlines and control characters dropped), at most
+    :data:`COMMENT_MAX` characters of text."""
+    text = "".join(c for c in str(text) if 32 <= ord(c) < 127)
+    if len(text) > COMMENT_MAX:
+        text = text[: COMMENT_MAX - 3] + "..."
+    return "* " + text
 
 
 def _finite(name: str, value: float, *, positive: bool = False) -> float:
@@ -198,8 +238,10 @@ def build_netlist(hw_or_net, x, *, beta: float = 0.0, y=None, title: str = "neur
             ``capacitance`` [F] given here).
         x: one input sample, ``(n0,)`` or ``(1, n0)`` (the runner alters the input sources for other samples).
         beta: nudging strength (gain of the nudging VCCS = ``β·g0``); ``y``: class index or target vector.
-        title: the netlist title (sanitised); ``analysis``: ``"op"``, ``"tran"`` (needs ``tran = (step, stop)``
-            in seconds, started from ``u = 0`` with ``uic``) or ``None`` (no analysis line: a runner adds it).
+        title: the netlist title, written into the first line (a comment) by :func:`title_text` (ASCII, no
+            newline, at most :data:`TITLE_MAX` characters); ``analysis``: ``"op"``, ``"tran"`` (needs
+            ``tran = (step, stop)`` in seconds, started from ``u = 0`` with ``uic``) or ``None`` (no analysis
+            line: a runner adds it).
         options: ngspice ``.options`` (default :data:`DEFAULT_OPTIONS`); names sanitised, values validated.
         save_nodes: write ``.save`` lines for the ``u`` and ``s`` nodes only (small output for large layers).
     """
@@ -271,7 +313,7 @@ def build_netlist(hw_or_net, x, *, beta: float = 0.0, y=None, title: str = "neur
 
     opts = dict(DEFAULT_OPTIONS if options is None else options)
     L = len(net.synapses)
-    lines = [_comment(f"{sanitize_name(title, 'title')}: neuromorph settling circuit, {L} synapse layer(s), sizes "
+    lines = [_comment(f"{title_text(title)}: neuromorph settling circuit, {L} synapse layer(s), sizes "
                       + "-".join(map(str, sizes))),
              _comment(f"vunit = {vunit!r} V per weight unit, g0 = {g0!r} S, C = {capacitance!r} F, "
                       f"tau = C/g0 = {capacitance / g0!r} s, gain = {gain!r}, offset = {offset!r}, beta = {beta!r}"),
