@@ -38,7 +38,7 @@ def main() -> None:
     for est in ("one_sided", "random_sign", "symmetric"):
         cfg = load_config(args.config, [f"ep.estimator={est}", "train.progress=false",
                                         f'output.dir="{ROOT / "runs/bench/cifar" / est}"', *extra])
-        tr = Trainer(cfg, dataset=dataset)
+        tr = Trainer(cfg, dataset=dataset, overwrite=True)
         dataset = tr.dataset
         t0 = time.perf_counter()
         h = tr.fit()

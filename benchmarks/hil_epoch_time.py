@@ -47,7 +47,7 @@ def main() -> None:
             cfg = load_config(config, [f"data.n_train={args.n_train}", "train.progress=false",
                                        "output.checkpoint=false", f'hardware.device="{dev}"',
                                        f'output.dir="{ROOT / "runs/bench/hil_time"}"'])
-            ideal = Trainer(cfg, dataset=dataset)
+            ideal = Trainer(cfg, dataset=dataset, overwrite=True)
             dataset = ideal.dataset
             hw = HardwareTrainer(cfg, dataset=dataset, out=ROOT / "runs/bench/hil_time/hw")
             t_i, t_h = [], []

@@ -111,7 +111,7 @@ def main() -> None:
         cfg = load_config(path, over + _overrides(base, extra))
         t0 = time.perf_counter()
         if device is None:
-            tr = Trainer(cfg, dataset=dataset)
+            tr = Trainer(cfg, dataset=dataset, overwrite=True)
             hist = tr.fit(log=None)
             ds = tr.dataset
             extra_info = {}

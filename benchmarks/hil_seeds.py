@@ -68,10 +68,10 @@ def main() -> None:
             f"data.n_train={args.n_train}", "train.progress=false", "output.checkpoint=false",
             f'hardware.device="{card}"', "hardware.read_noise=false",
             f'output.dir="{ROOT / "runs/bench/hil_seeds"}"'])
-        ref = Trainer(cfg)
+        ref = Trainer(cfg, overwrite=True)
         h_ref = ref.fit(log=None)
         h_hw = HardwareTrainer(cfg, dataset=ref.dataset, out=ROOT / "runs/bench/hil_seeds/hw").fit(log=None)
-        ctl = Trainer(cfg, dataset=ref.dataset)
+        ctl = Trainer(cfg, dataset=ref.dataset, overwrite=True)
         perturb_one_ulp(ctl.net)
         h_ctl = ctl.fit(log=None)
         res[f"{args.config}/seed{seed}"] = {

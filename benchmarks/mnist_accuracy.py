@@ -31,7 +31,7 @@ def run(path: Path, algorithm: str, epochs: int | None, out: Path) -> dict:
         overrides += [f"train.epochs={epochs}"]
     cfg = load_config(path, overrides)
     t0 = time.perf_counter()
-    hist = Trainer(cfg).fit()
+    hist = Trainer(cfg, overwrite=True).fit()
     return {"config": str(path.relative_to(ROOT)), "algorithm": algorithm, "layers": list(cfg.model.layers),
             "loss": cfg.model.loss, "epochs": len(hist), "final_test_error": 100 * (1 - hist[-1]["test_acc"]),
             "best_test_error": 100 * (1 - max(h["test_acc"] for h in hist)),

@@ -33,7 +33,7 @@ def neuromorph_run(epochs: int) -> dict:
         "torch.set_num_threads(2)\n"
         f"cfg = load_config('{ROOT}/configs/mnist_official_recipe.toml', ['train.epochs={epochs}', "
         f"'train.progress=false', 'output.dir=\"{ROOT}/runs/bench/official-recipe\"'])\n"
-        "h = Trainer(cfg).fit(log=None)\n"
+        "h = Trainer(cfg, overwrite=True).fit(log=None)\n"
         "print(json.dumps(h))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

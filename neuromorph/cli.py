@@ -257,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _INTERRUPTED = {
     "train": "continue it with the same command and --resume (the last finished epoch's checkpoint is kept)",
-    "sweep": "run the same command again: finished runs are kept and the others run",
+    "sweep": "run the same command again: finished and failed runs are kept (--retry-failed reruns the failed), "
+             "the others run",
 }
 
 
@@ -286,9 +287,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neuromorph {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        then = _INTERRUPTED.get(args.command, "nothing was lost but the unfinished work")
-        print(f"neuromorph {args.command}: interrupted; {then}", file=sys.stderr)
-        return 130
+        return _interrupted(args.command, "interrupted", 130)
+    except SystemExit as e:  # SIGTERM, turned into SystemExit(143) by the commands that clean up on it
+        if e.code == 143:
+            return _interrupted(args.command, "terminated", 143)
+        raise
+
+
+def _interrupted(command: str, how: str, code: int) -> int:
+    then = _INTERRUPTED.get(command, "nothing was lost but the unfinished work")
+    print(f"neuromorph {command}: {how}; {then}", file=sys.stderr)
+    return code
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,6 +11,7 @@ plus an optional top-level ``name``; see ``configs/`` for examples.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import tomllib
@@ -357,11 +358,16 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported annotation {tp} at {path}")  # a programming error, not user input
 
 
+@functools.cache
+def _fields(cls) -> tuple[dict, dict]:
+    """Type hints and fields of a config dataclass (cached: resolving hints dominates building a config)."""
+    return typing.get_type_hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+
+
 def _build(cls, data: dict, prefix: str):
     if not isinstance(data, dict):
         raise ConfigError(f"[{prefix}] must be a table, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints, fields = _fields(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"[{prefix}]" if prefix else "the top level"

@@ -200,7 +200,7 @@ def compare(cfg: RunConfig, out: str | Path, log=print) -> dict:
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    with RunLock(out, "comparison directory"):
+    with RunLock(out, f"comparison directory {str(out)!r}"):
         return _compare(cfg, out, log)
 
 

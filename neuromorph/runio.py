@@ -36,16 +36,19 @@ class WriteFailed(RuntimeError):
 class RunLock:
     """Exclusive, non-blocking lock on a directory for the life of a ``with`` block (or until :meth:`release`).
 
-    ``what`` names the kind of directory in the error (``run directory``, ``sweep results``).
+    ``what`` names what is locked in the error (default ``run directory 'DIR'``), ``holder`` the process that
+    holds it, ``name`` the lock file in the directory.
     """
 
-    def __init__(self, directory: str | Path, what: str = "run directory"):
+    def __init__(self, directory: str | Path, what: str | None = None, *, holder: str = "another neuromorph process",
+                 name: str = LOCK):
         self.dir = Path(directory)
-        self.what = what
+        self.what = what or f"run directory {str(self.dir)!r}"
+        self.holder, self.name = holder, name
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
-        path = self.dir / LOCK
+        path = self.dir / self.name
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -55,8 +58,8 @@ class RunLock:
                 raise
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise RunLocked(f"{self.what} {str(self.dir)!r} is in use by another neuromorph process (pid {holder}); "
-                            "wait for it to finish, or use another output directory") from None
+            raise RunLocked(f"{self.what} is in use by {self.holder} pid {holder}; wait for it to finish or use "
+                            "another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd

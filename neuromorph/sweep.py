@@ -32,22 +32,32 @@ the card and the seed, so a changed base config never reuses stale rows), with a
 and the config as JSON, status (``pending`` / ``running`` / ``done`` / ``failed`` with the error), final and best
 test accuracy, pulses, energy, times and the per-epoch history (JSON). Rows are written by one connection in the
 parent (WAL) as each run ends. A restarted sweep skips ``done`` (and ``failed``, unless ``retry_failed``) runs and
-redoes the rest. Execution: serial (``workers=1``), a spawn-context :class:`~concurrent.futures.ProcessPoolExecutor`
-(default), or Ray tasks (``ray_address``; ``"local"`` starts a local instance), one CPU (and one GPU for a CUDA
-config) per run.
+redoes the rest (``pending``, and ``running`` rows of a sweep process that was killed). One sweep at a time writes a
+table: it holds ``OUT/results.sqlite.lock`` (``flock``, its pid inside), and a second one into the same ``OUT`` stops
+at once naming that pid. Execution: serial (``workers=1``), a spawn-context
+:class:`~concurrent.futures.ProcessPoolExecutor` (default), or Ray tasks (``ray_address``; ``"local"`` starts a local
+instance), one CPU (and one GPU for a CUDA config) per run. Pool workers die with the sweep process (Linux:
+``PR_SET_PDEATHSIG``, so also on SIGKILL); on Ctrl-C or SIGTERM the sweep cancels the queued runs, ends its workers
+and sets its unfinished rows back to ``pending``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
 import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import multiprocessing
 import os
+import signal
 import socket
 import sqlite3
+import sys
+import threading
 import time
 import tomllib
 import traceback
@@ -58,6 +68,7 @@ from typing import Any
 
 from .config import ConfigError, apply_overrides, config_from_dict, config_to_dict
 from .devices.cards import PARAMETERS, DeviceCard, DeviceCardError, card_from_dict, card_to_toml, load_card
+from .runio import RunLock, RunLocked
 
 __all__ = ["SweepError", "Axis", "RunSpec", "Sweep", "load_sweep", "run_task", "run_sweep", "ResultsDB",
            "read_results", "summary_rows", "format_summary", "add_parsers", "RESULTS"]
@@ -66,6 +77,8 @@ RESULTS = "results.sqlite"
 SECTIONS = ("model", "ep", "train", "data", "output", "hardware")
 SWEEP_KEYS = ("base", "seeds", "mode", "axes", "card")
 MODES = ("grid", "zip")
+#: a dry run (``load_sweep(expand=False)``) of a sweep of more points checks about this many of them
+EXPAND_LIMIT = 1000
 #: config keys that are not sweep axes (seeds have their own list; outputs are the sweep's)
 NOT_AXES = {"train.seed": "use seeds = [...]", "hardware.seed": "use seeds = [...]",
             "output.dir": "the sweep writes its own outputs", "output.checkpoint": "the sweep writes no checkpoints",
@@ -126,10 +139,17 @@ class Sweep:
     seeds: tuple[int, ...]
     runs: list[RunSpec] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    point_count: int = 0
+    run_count: int = 0
+    """The counts (also of a dry run's sweep that was not expanded, whose ``runs`` is empty)."""
 
     @property
     def n_points(self) -> int:
-        return len({r.point_id for r in self.runs if r.kind == "hardware"})
+        return self.point_count or len({r.point_id for r in self.runs if r.kind == "hardware"})
+
+    @property
+    def n_runs(self) -> int:
+        return self.run_count or len(self.runs)
 
     def meta(self) -> dict:
         return {"name": self.name, "file": str(self.path) if self.path else None, "text": self.text,
@@ -227,12 +247,50 @@ def _check_axes(where: str, axes_data: Any, mode: str) -> list[Axis]:
     return axes
 
 
-def _points(axes: list[Axis], mode: str) -> list[dict]:
+def _points(axes: list[Axis], mode: str):
+    """The sweep's points (``{axis: value}``), lazily."""
+    keys = [a.key for a in axes]
+    vals = zip(*[a.values for a in axes]) if mode == "zip" else itertools.product(*[a.values for a in axes])
+    return (dict(zip(keys, v)) for v in vals) if axes else iter([{}])
+
+
+def _count_points(axes: list[Axis], mode: str) -> int:
     if not axes:
-        return [{}]
+        return 1
+    return len(axes[0].values) if mode == "zip" else math.prod(len(a.values) for a in axes)
+
+
+def _count_references(axes: list[Axis], mode: str) -> int:
+    """Ideal references per seed: the distinct combinations of the non-hardware axes."""
+    soft = [a for a in axes if not a.is_hardware]
+    if not soft:
+        return 1
+    if mode == "grid":
+        return math.prod(len(a.values) for a in soft)
+    return len({tuple(json.dumps(v, sort_keys=True) for v in vals) for vals in zip(*[a.values for a in soft])})
+
+
+def _sample_points(axes: list[Axis], mode: str, limit: int) -> list[dict]:
+    """About ``limit`` points of the sweep, its first and last included: (grid) every value of every axis once,
+    the other axes at their first value, and points evenly spread over the whole grid; (zip) evenly spread."""
+    def spread(items, k: int) -> list:
+        """``k`` (at least 2) of ``items``, evenly spaced, the first and last included."""
+        k = max(k, 2)
+        return list(items) if len(items) <= k else [items[i * (len(items) - 1) // (k - 1)] for i in range(k)]
+
     if mode == "zip":
-        return [dict(zip([a.key for a in axes], vals)) for vals in zip(*[a.values for a in axes])]
-    return [dict(zip([a.key for a in axes], vals)) for vals in itertools.product(*[a.values for a in axes])]
+        return [{a.key: a.values[i] for a in axes} for i in spread(range(_count_points(axes, mode)), limit)]
+
+    sizes = [len(a.values) for a in axes]
+    per_value = [tuple(j if k == i else 0 for k in range(len(axes))) for i, m in enumerate(sizes) for j in range(m)]
+    digits = set(spread(per_value, limit // 2))
+    for flat in spread(range(math.prod(sizes)), limit - len(digits)):  # mixed radix: the last axis varies fastest
+        d = []
+        for m in reversed(sizes):
+            flat, r = divmod(flat, m)
+            d.append(r)
+        digits.add(tuple(reversed(d)))
+    return [{a.key: a.values[j] for a, j in zip(axes, d)} for d in sorted(digits)]
 
 
 def _hash_config(cfg: dict) -> dict:
@@ -244,11 +302,16 @@ def _hash_config(cfg: dict) -> dict:
 
 
 def load_sweep(path: str | Path | None = None, overrides: list[str] | None = None, *,
-               data: dict | None = None) -> Sweep:
+               data: dict | None = None, expand: bool = True, progress: bool = False) -> Sweep:
     """Read, validate and expand a sweep file (or the parsed ``data``; relative paths then from the cwd).
 
     ``overrides`` (``section.key=value``) apply to the base config before the axes. Every run's config and card is
     built here: nothing about a run can be wrong in a way the sweep file could have said.
+
+    ``expand=False`` (a dry run): a sweep of more than :data:`EXPAND_LIMIT` points is counted, not expanded
+    (``runs`` stays empty): about that many of its points are checked (in a grid every value of every axis, the
+    other axes at their first value, and points spread over the grid). ``progress``: a progress bar on stderr
+    while a sweep of more than :data:`EXPAND_LIMIT` points is expanded or checked.
     """
     p = Path(path) if path is not None else None
     where = _where(p)
@@ -318,10 +381,10 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
     sweep = Sweep(name=name, path=p, text=text, axes=axes, mode=mode, seeds=tuple(seeds))
     if base_cfg.train.momentum > 0:
         sweep.notes.append(f"the reference uses momentum {base_cfg.train.momentum}; the hardware update has none")
-    refs: dict[str, RunSpec] = {}
-    hw_runs: list[RunSpec] = []
-    ids: dict[str, dict] = {}
-    for point in _points(axes, mode):
+    hw_default = config_to_dict(config_from_dict({}))["hardware"]
+
+    def point_runs(point: dict) -> tuple[str, list[RunSpec], list[RunSpec]]:
+        """Validate and build a point's runs: ``(context, hardware runs, ideal references)``."""
         ctx = ", ".join(f"{k} = {v!r}" for k, v in point.items())
         pdata = copy.deepcopy(cfg_data)
         dev_params = {}
@@ -331,10 +394,15 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
                 continue
             section, k = key.split(".")
             pdata.setdefault(section, {})[k] = value
-        try:
-            config_from_dict(pdata)
-        except ConfigError as e:
-            raise SweepError(f"{where}: point ({ctx}): {e}") from None
+        cfgs = []
+        for seed in seeds:
+            sdata = copy.deepcopy(pdata)
+            sdata.setdefault("train", {})["seed"] = seed
+            sdata.setdefault("hardware", {})["seed"] = seed
+            try:
+                cfgs.append(config_to_dict(config_from_dict(sdata)))
+            except ConfigError as e:
+                raise SweepError(f"{where}: point ({ctx}): {e}") from None
         card = card_of(pdata.get("hardware", {}).get("device", base_cfg.hardware.device), f"point ({ctx}): ")
         if dev_params:
             kw = {k.split(".", 1)[1]: _device_value(where, k, v, card) for k, v in dev_params.items()}
@@ -347,27 +415,56 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
                                        + ")", provenance=prov + tuple((k, f"sweep axis device.{k}") for k in kw))
         card_text = card_to_toml(card, only_nondefault=False)
         ref_params = {k: v for k, v in point.items() if not (k.startswith("device.") or k.startswith("hardware."))}
-        point_id = _hash({"point": point}, 12)
-        for seed in seeds:
-            sdata = copy.deepcopy(pdata)
-            sdata.setdefault("train", {})["seed"] = seed
-            sdata.setdefault("hardware", {})["seed"] = seed
-            cfg = config_to_dict(config_from_dict(sdata))
+        point_id, ref_point = _hash({"point": point}, 12), _hash({"ideal": ref_params}, 12)
+        hw, ref = [], []
+        for seed, cfg in zip(seeds, cfgs):
             gpu = cfg["train"]["device"].startswith("cuda")
             rid = _hash({"kind": "hardware", "config": _hash_config(cfg), "card": card_text})
-            if rid in ids:
-                raise SweepError(f"{where}: points ({ctx}) and ({ids[rid]}) give the same run (seed {seed}); "
+            hw.append(RunSpec(rid, "hardware", seed, point_id, dict(point), cfg, card_text, gpu))
+            rcfg = {**copy.deepcopy(cfg), "hardware": copy.deepcopy(hw_default)}
+            ref.append(RunSpec(_hash({"kind": "ideal", "config": _hash_config(rcfg)}), "ideal", seed, ref_point,
+                               ref_params, rcfg, None, gpu))
+        return ctx, hw, ref
+
+    n_points = _count_points(axes, mode)
+    if not expand and n_points > EXPAND_LIMIT:
+        # a dry run of a large sweep: every axis value (grid) and a spread of points are checked, the runs counted
+        sample = _sample_points(axes, mode, EXPAND_LIMIT)
+        for point in _progress(sample, progress, "checking sweep points"):
+            point_runs(point)
+        sweep.point_count = n_points
+        sweep.run_count = n_points * len(seeds) + _count_references(axes, mode) * len(seeds)
+        every = mode == "grid" and sum(len(a.values) for a in axes) <= EXPAND_LIMIT // 2
+        sweep.notes.append(f"{len(sample)} of the {n_points} points checked (" + ("every axis value, " if every else "")
+                           + "spread over the sweep); a run checks them all")
+        return sweep
+    refs: dict[str, RunSpec] = {}
+    hw_runs: list[RunSpec] = []
+    ids: dict[str, str] = {}
+    for point in _progress(_points(axes, mode), progress and n_points > EXPAND_LIMIT, "expanding the sweep",
+                           total=n_points):
+        ctx, hw, ref = point_runs(point)
+        for r in hw:
+            if r.run_id in ids:
+                raise SweepError(f"{where}: points ({ctx}) and ({ids[r.run_id]}) give the same run (seed {r.seed}); "
                                  "remove the repeated value")
-            ids[rid] = ctx
-            hw_runs.append(RunSpec(rid, "hardware", seed, point_id, dict(point), cfg, card_text, gpu))
-            rcfg = copy.deepcopy(cfg)
-            rcfg["hardware"] = config_to_dict(config_from_dict({}))["hardware"]
-            ref_id = _hash({"kind": "ideal", "config": _hash_config(rcfg)})
-            if ref_id not in refs:
-                refs[ref_id] = RunSpec(ref_id, "ideal", seed, _hash({"ideal": ref_params}, 12), ref_params, rcfg,
-                                       None, gpu)
+            ids[r.run_id] = ctx
+        hw_runs += hw
+        for r in ref:
+            refs.setdefault(r.run_id, r)
     sweep.runs = list(refs.values()) + hw_runs
+    sweep.point_count = n_points
+    sweep.run_count = len(sweep.runs)
     return sweep
+
+
+def _progress(items, show: bool, desc: str, total: int | None = None):
+    """``items``, with a progress bar on stderr when ``show``."""
+    if not show:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, total=total, unit=" points", mininterval=1.0, leave=False)
 
 
 # ---------------------------------------------------------------------- one run (in a worker)
@@ -397,12 +494,13 @@ def run_task(task: dict) -> dict:
     import torch
 
     prev = torch.get_num_threads()
-    threads = int(task.get("threads", 1))
-    torch.set_num_threads(threads)
+    threads = task.get("threads", 1)
     started = time.time()
     t0 = time.perf_counter()
     history, status, error = [], "done", None
     try:
+        _check_count("--threads-per-run", threads, "torch threads per run")
+        torch.set_num_threads(threads)
         from .hil import HardwareTrainer
         from .train import Trainer
 
@@ -430,10 +528,79 @@ def run_task(task: dict) -> dict:
             "host": socket.gethostname(), "pid": os.getpid()}
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int | None = None) -> None:
+    """Pool worker start: die with the sweep process (Linux: ``PR_SET_PDEATHSIG``; SIGKILL, SIGTERM or a crash of
+    the parent kills it), leave Ctrl-C to the parent (which stops the pool), run torch on ``threads`` threads."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no prctl: the parent's shutdown still stops the pool
+            pass
+    if parent is not None and os.getppid() != parent:  # the parent died before prctl: no signal will come
+        os._exit(1)
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _check_count(name: str, value: Any, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SweepError(f"{name} {value!r} is invalid: must be an integer >= 1 ({what})")
+
+
+def _check_run_options(workers: int | None, threads_per_run: int) -> None:
+    """Refuse a bad ``--workers`` / ``--threads-per-run`` before anything is written."""
+    if workers is not None:
+        _check_count("--workers", workers, "processes; 1 runs serially in this process, default: the CPU count")
+    _check_count("--threads-per-run", threads_per_run, "torch threads, and Ray CPUs, per run")
+
+
+@contextlib.contextmanager
+def _lock(out: Path):
+    """Hold ``out/results.sqlite.lock`` (``flock``, this pid written in it) for one sweep at a time per table; a
+    second sweep into the same table stops at once, naming the holder's pid. The lock goes with the process."""
+    try:
+        lock = RunLock(out, f"{out / RESULTS}", holder="neuromorph sweep", name=RESULTS + ".lock").acquire()
+    except RunLocked as e:
+        raise SweepError(str(e)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextlib.contextmanager
+def _sigterm_exits():
+    """SIGTERM raises ``SystemExit(143)`` in the main thread while a sweep runs, so its pool and table are shut
+    down as on Ctrl-C (the default action would leave that to the workers' parent-death signal)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SystemExit(128 + signum)
+
+    prev = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+
+
+def _stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancel the queued runs and end the workers now (a run in progress is lost: it stays to be run again)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+    pool.shutdown(wait=True)  # the pool's manager thread sees its workers gone and ends
 
 
 # ---------------------------------------------------------------------- results table
@@ -562,67 +729,93 @@ def run_sweep(sweep: Sweep, out: str | Path, *, workers: int | None = None, ray_
 
     ``workers``: 1 runs serially in this process; more (default: the CPU count) a spawn-context process pool;
     ``ray_address``: Ray tasks instead (``"local"``: a local instance with ``workers`` CPUs, or the running one).
+    ``workers`` and ``threads_per_run`` (integers >= 1) are checked before anything is written. Raises
+    :class:`SweepError` when another sweep process holds the table (``OUT/results.sqlite.lock``). Runs not finished
+    when this returns or raises (Ctrl-C, SIGTERM) are left ``pending``: calling it again runs them.
     """
+    _check_run_options(workers, threads_per_run)
+    if sweep.run_count and not sweep.runs:
+        raise ValueError("run_sweep needs the expanded sweep: load_sweep(..., expand=True), not a dry run's")
     out = Path(out)
-    db = ResultsDB(out / RESULTS)
-    try:
-        db.prepare(sweep)
-        status = db.statuses()
-        finished = {"done", "failed"} if not retry_failed else {"done"}
-        todo = [r for r in sweep.runs if status.get(r.run_id) not in finished]
-        skipped = len(sweep.runs) - len(todo)
-        extra = len(status) - len({r.run_id for r in sweep.runs})
-        if log:
-            log(f"sweep {sweep.name}: {sweep.n_points} points x {len(sweep.seeds)} seeds "
-                f"(+ {sum(r.kind == 'ideal' for r in sweep.runs)} ideal references) = {len(sweep.runs)} runs; "
-                f"{skipped} finished already, {len(todo)} to run -> {db.path}")
-            if extra > 0:
-                log(f"  ({extra} rows of an earlier definition of this sweep are kept in the table, not plotted)")
-            for n in sweep.notes:
-                log(f"  note: {n}")
-        counts = {"ran": 0, "skipped": skipped, "failed": 0}
-        t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    with _lock(out), _sigterm_exits():
+        db = ResultsDB(out / RESULTS)
+        try:
+            return _run(sweep, db, workers, ray_address, threads_per_run, retry_failed, log)
+        finally:
+            # a run this sweep did not finish (Ctrl-C, SIGTERM, an error here) is left to be run again
+            with contextlib.suppress(sqlite3.Error):
+                db.con.rollback()
+                db.con.execute("UPDATE runs SET status = 'pending' WHERE status = 'running'")
+                db.con.commit()
+            db.close()
 
-        def done(res: dict) -> None:
-            db.record(res)
-            counts["ran"] += 1
-            counts["failed"] += res["status"] == "failed"
-            if log:
-                spec = by_id[res["run_id"]]
-                what = ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "base"
-                acc = f"test acc {res['history'][-1]['test_acc']:.4f}" if res["history"] else \
-                    f"FAILED: {(res.get('error') or '').splitlines()[0]}"
-                log(f"  [{counts['ran']}/{len(todo)}] {spec.kind} seed {spec.seed} ({what}): {acc}  "
-                    f"{res.get('wall_s') or 0:.1f}s")
 
-        by_id = {r.run_id: r for r in todo}
-        if todo:  # a finished sweep (nothing left to run) only reports
-            if ray_address:
-                _run_ray(todo, ray_address, workers, threads_per_run, db, done)
-            elif (workers or os.cpu_count() or 1) <= 1:
-                for spec in todo:
-                    db.mark_running([spec.run_id])
-                    done(run_task(spec.task(threads_per_run)))
-            else:
-                n = min(workers or os.cpu_count() or 1, len(todo))
-                ctx = multiprocessing.get_context("spawn")
-                with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
-                                         initargs=(threads_per_run,)) as pool:
-                    db.mark_running([s.run_id for s in todo])
-                    futures = {pool.submit(run_task, s.task(threads_per_run)): s for s in todo}
-                    for fut in as_completed(futures):
-                        try:
-                            res = fut.result()
-                        except Exception as e:  # noqa: BLE001 - a worker that died: the run failed
-                            res = _failed(futures[fut], e)
-                        done(res)
-        counts["wall_s"] = time.perf_counter() - t0
+def _run(sweep: Sweep, db: ResultsDB, workers: int | None, ray_address: str | None, threads_per_run: int,
+         retry_failed: bool, log) -> dict:
+    db.prepare(sweep)
+    status = db.statuses()
+    finished = {"done", "failed"} if not retry_failed else {"done"}
+    todo = [r for r in sweep.runs if status.get(r.run_id) not in finished]
+    skipped = len(sweep.runs) - len(todo)
+    extra = len(status) - len({r.run_id for r in sweep.runs})
+    if log:
+        log(f"sweep {sweep.name}: {sweep.n_points} points x {len(sweep.seeds)} seeds "
+            f"(+ {sum(r.kind == 'ideal' for r in sweep.runs)} ideal references) = {len(sweep.runs)} runs; "
+            f"{skipped} finished already, {len(todo)} to run -> {db.path}")
+        stale = sum(status.get(r.run_id) == "running" for r in todo)
+        if stale:
+            log(f"  ({stale} of them were left running by a sweep process that ended: they run again)")
+        if extra > 0:
+            log(f"  ({extra} rows of an earlier definition of this sweep are kept in the table, not plotted)")
+        for n in sweep.notes:
+            log(f"  note: {n}")
+    counts = {"ran": 0, "skipped": skipped, "failed": 0}
+    t0 = time.perf_counter()
+
+    def done(res: dict) -> None:
+        db.record(res)
+        counts["ran"] += 1
+        counts["failed"] += res["status"] == "failed"
         if log:
-            log(f"sweep {sweep.name}: {counts['ran']} runs in {counts['wall_s']:.1f}s ({counts['failed']} failed); "
-                f"table {db.path}")
-        return counts
-    finally:
-        db.close()
+            spec = by_id[res["run_id"]]
+            what = ", ".join(f"{k}={v}" for k, v in spec.params.items()) or "base"
+            acc = f"test acc {res['history'][-1]['test_acc']:.4f}" if res["history"] else \
+                f"FAILED: {(res.get('error') or '').splitlines()[0]}"
+            log(f"  [{counts['ran']}/{len(todo)}] {spec.kind} seed {spec.seed} ({what}): {acc}  "
+                f"{res.get('wall_s') or 0:.1f}s")
+
+    by_id = {r.run_id: r for r in todo}
+    if todo:  # a finished sweep (nothing left to run) only reports
+        if ray_address:
+            _run_ray(todo, ray_address, workers, threads_per_run, db, done)
+        elif (workers or os.cpu_count() or 1) <= 1:
+            for spec in todo:
+                db.mark_running([spec.run_id])
+                done(run_task(spec.task(threads_per_run)))
+        else:
+            n = min(workers or os.cpu_count() or 1, len(todo))
+            ctx = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
+                                       initargs=(threads_per_run, os.getpid()))
+            try:
+                db.mark_running([s.run_id for s in todo])
+                futures = {pool.submit(run_task, s.task(threads_per_run)): s for s in todo}
+                for fut in as_completed(futures):
+                    try:
+                        res = fut.result()
+                    except Exception as e:  # noqa: BLE001 - a worker that died: the run failed
+                        res = _failed(futures[fut], e)
+                    done(res)
+            except BaseException:  # Ctrl-C, SIGTERM, an error here: no worker outlives the sweep
+                _stop_pool(pool)
+                raise
+            pool.shutdown(wait=True)
+    counts["wall_s"] = time.perf_counter() - t0
+    if log:
+        log(f"sweep {sweep.name}: {counts['ran']} runs in {counts['wall_s']:.1f}s ({counts['failed']} failed); "
+            f"table {db.path}")
+    return counts
 
 
 def _run_ray(todo: list[RunSpec], address: str, workers: int | None, threads: int, db: ResultsDB, done) -> None:
@@ -694,14 +887,15 @@ def format_summary(rows: list[dict], axes: list[str]) -> str:
 
 
 def _cmd_sweep(args) -> int:
-    sweep = load_sweep(args.file, list(args.set or []))
+    _check_run_options(args.workers, args.threads_per_run)
+    sweep = load_sweep(args.file, list(args.set or []), expand=not args.dry_run, progress=True)
     out = Path(args.out or Path("runs/sweeps") / Path(args.file).stem)
     if args.dry_run:
-        print(f"sweep {sweep.name}: {sweep.n_points} points x {len(sweep.seeds)} seeds, {len(sweep.runs)} runs "
+        print(f"sweep {sweep.name}: {sweep.n_points} points x {len(sweep.seeds)} seeds, {sweep.n_runs} runs "
               f"(valid; nothing run)")
+        for n in sweep.notes:
+            print(f"  note: {n}")
         return 0
-    if args.workers is not None and args.workers < 1:
-        raise SweepError(f"--workers {args.workers}: give 1 (serial) or more")
     counts = run_sweep(sweep, out, workers=args.workers, ray_address=args.ray, threads_per_run=args.threads_per_run,
                        retry_failed=args.retry_failed)
     meta, rows = read_results(out / RESULTS)
@@ -727,14 +921,17 @@ def add_parsers(sub) -> None:
                        "parameters, results in SQLite", description=__doc__.split("\n\n")[0])
     s.add_argument("file", metavar="FILE.toml", help="sweep file (see configs/sweeps/)")
     s.add_argument("--workers", type=int, default=None,
-                   help="processes (default: the CPU count; 1 runs serially in this process)")
+                   help="processes, >= 1 (default: the CPU count; 1 runs serially in this process)")
     s.add_argument("--ray", metavar="ADDRESS", help="run each run as a Ray task: a cluster address (ray.init's "
                    "address, e.g. auto or ray://host:10001) or 'local' to start a local instance")
-    s.add_argument("--threads-per-run", type=int, default=1, help="torch threads (and Ray CPUs) per run (default 1)")
+    s.add_argument("--threads-per-run", type=int, default=1, help="torch threads (and Ray CPUs) per run, >= 1 "
+                   "(default 1)")
     s.add_argument("--out", help="output directory (default runs/sweeps/<file name>); results.sqlite goes there")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config value")
     s.add_argument("--retry-failed", action="store_true", help="run failed runs again (done runs never rerun)")
-    s.add_argument("--dry-run", action="store_true", help="validate the sweep file and count the runs only")
+    s.add_argument("--dry-run", action="store_true", help="validate the sweep file and count the runs only (of a "
+                   f"sweep of more than {EXPAND_LIMIT} points: about {EXPAND_LIMIT} points, spread over it and "
+                   "covering the axis values, are checked)")
     s.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("plot", help="figures of a sweep's results table (accuracy vs parameters, heatmap, "
