@@ -17,8 +17,9 @@ Every number is an inline table with ``value`` and ``unit`` (and optionally ``so
 ``verified = false`` for a value that could not be checked against its public source). Booleans are bare.
 :func:`load_card` converts the units (see :mod:`neuromorph.devices.units`) and returns a frozen
 :class:`DeviceCard`; anything wrong (a missing unit, an unknown key, G_min >= G_max, a negative level count, a
-wrong type, a parameter that does not belong to the card's model) raises :class:`DeviceCardError` naming the
-file, the key, the value and what is allowed.
+wrong type, a parameter that does not belong to the card's model, a value outside its physical range, e.g. a
+conductance outside [1 pS, 1 S], see :func:`parameter_range`) raises :class:`DeviceCardError` naming the file, the
+key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from typing import Any
 from .units import KIND_DOC, UNITS, canonical_unit, convert
 
 __all__ = ["DeviceCard", "DeviceCardError", "MODELS", "PARAMETERS", "load_card", "list_presets", "preset_dir",
-           "card_to_toml", "dump_card", "STEP_MODELS"]
+           "card_to_toml", "dump_card", "STEP_MODELS", "parameter_range"]
 
 MODELS = ("ideal", "constant_step", "linear_step", "soft_bounds", "exp_step", "neurosim")
 STEP_MODELS = ("constant_step", "linear_step", "soft_bounds", "exp_step")
@@ -118,6 +119,68 @@ PARAMETERS: dict[str, _Spec] = {
     "read_voltage": _Spec("voltage", _ALL, "read voltage", nonneg=False),
     "read_pulse_width": _Spec("time", _ALL, "read pulse width"),
 }
+
+#: Allowed (physical) range of every numeric parameter, in the internal units (S, s, J, V, fractions, levels):
+#: generous bounds outside which a value is a typo or a unit mistake (1e300 S), not a device, and would overflow
+#: the float32 arithmetic of the simulator. Per kind, then per parameter (overrides).
+_KIND_RANGE: dict[str, tuple[float, float]] = {
+    "conductance": (0.0, 1.0),          # up to 1 S (a 1 ohm device); g_max >= 1 pS (below)
+    "range_fraction": (0.0, 1.0),       # at most the whole conductance range
+    "gmax_fraction": (0.0, 1.0),        # at most G_max
+    "count": (0, 1_000_000),            # levels / pulses
+    "time": (0.0, 1e9),                 # up to ~30 years
+    "energy": (0.0, 1.0),               # up to 1 J per pulse / read
+    "voltage": (-1000.0, 1000.0),       # up to 1 kV
+    "dimensionless": (-1000.0, 1000.0),
+}
+_RELATIVE_STD = (0.0, 100.0)
+_PARAM_RANGE: dict[str, tuple[float, float]] = {
+    "g_max": (1e-12, 1.0),              # 1 pS (1 Tohm) ... 1 S (1 ohm)
+    "drift_t0": (1e-12, 1e9),
+    "w_min": (-100.0, 100.0),
+    "w_max": (-100.0, 100.0),
+    "gamma_up": (-100.0, 100.0),
+    "gamma_down": (-100.0, 100.0),
+    "nl_ltp": (-9.0, 9.0),              # NeuroSim's Nonlinearity-NormA table
+    "nl_ltd": (-9.0, 9.0),
+    "nl_dtod": (0.0, 9.0),
+    "drift_nu": (0.0, 10.0),
+    "drift_nu_std": (0.0, 10.0),
+    "stuck_at_min_frac": (0.0, 1.0),
+    "stuck_at_max_frac": (0.0, 1.0),
+    **{k: _RELATIVE_STD for k in ("dw_min_dtod", "dw_min_std", "up_down_dtod", "w_max_dtod", "w_min_dtod",
+                                  "gamma_up_dtod", "gamma_down_dtod", "g_min_dtod", "g_max_dtod",
+                                  "dw_min_std_slope")},
+}
+#: exp_step: |gamma| (2 |a| + |b|) bounds the exponent of exp(gamma z) (|z| <= 2 |a| + |b|); e^80 stays finite in
+#: float32 (max ~ e^88.7) with A s in front.
+_EXP_STEP_MAX_EXPONENT = 80.0
+
+
+def parameter_range(key: str) -> tuple[float, float]:
+    """The allowed ``(low, high)`` of a numeric parameter, in its internal (canonical) unit."""
+    spec = PARAMETERS[key]
+    lo, hi = _PARAM_RANGE.get(key, _KIND_RANGE[spec.kind])
+    if spec.nonneg:
+        lo = max(lo, 0)
+    return lo, hi
+
+
+def _range_text(key: str) -> str:
+    spec = PARAMETERS[key]
+    lo, hi = parameter_range(key)
+    unit = canonical_unit(spec.kind)
+    if spec.kind == "conductance":
+        return (f"[{lo:g} S, {hi:g} S] (a conductance between " + ("0" if lo == 0 else "1 pS = 1 Tohm")
+                + " and 1 S = 1 ohm)")
+    if spec.kind == "count":
+        return f"[{lo}, {hi}] {unit}"
+    suffix = {"dimensionless": "", "range_fraction": " (fraction of g_max - g_min)",
+              "gmax_fraction": " (fraction of g_max)"}.get(spec.kind, f" {unit}")
+    if spec.kind in ("time", "energy", "voltage"):
+        return f"[{lo:g} {unit}, {hi:g} {unit}]"
+    return f"[{lo:g}, {hi:g}]{suffix}"
+
 
 _DEVICE_KEYS = {"name": str, "model": str, "description": str, "citation": str, "source": str, "notes": str,
                 "references": list}
@@ -303,6 +366,10 @@ def _validate(c: DeviceCard, where: str) -> None:
             raise _err(where, f.name, v, "a finite number is required")
         if spec.nonneg and v < 0:
             raise _err(where, f.name, v, "must be >= 0")
+        lo, hi = parameter_range(f.name)
+        if not lo <= v <= hi:
+            raise _err(where, f.name, v, f"outside the allowed range {_range_text(f.name)}; check the value and "
+                       "its unit")
     if not c.g_max > 0:
         raise _err(where, "g_max", c.g_max, "G_max must be > 0 S")
     if not c.g_min < c.g_max:
@@ -325,6 +392,13 @@ def _validate(c: DeviceCard, where: str) -> None:
             raise _err(where, "gamma_up", (c.gamma_up, c.gamma_down), "linear step slopes gamma must be >= 0")
         if abs(c.up_down) >= 1:
             raise _err(where, "up_down", c.up_down, "|up_down| < 1 (relative to dw_min)")
+        if c.model == "exp_step":
+            ex = max(abs(c.gamma_up), abs(c.gamma_down)) * (2 * abs(c.a) + abs(c.b))
+            if ex > _EXP_STEP_MAX_EXPONENT:
+                raise _err(where, "gamma_up", (c.gamma_up, c.gamma_down),
+                           f"exp_step needs max(|gamma_up|, |gamma_down|) * (2 |a| + |b|) <= "
+                           f"{_EXP_STEP_MAX_EXPONENT:g} (here {ex:g} with a = {c.a:g}, b = {c.b:g}): a larger "
+                           "exponent overflows exp(gamma z)")
     elif c.model == "neurosim":
         if not c.max_pulses >= 1:
             raise _err(where, "max_pulses", c.max_pulses, "the neurosim model needs max_pulses >= 1 (levels)")
@@ -368,11 +442,33 @@ def _resolve(path_or_name: str | os.PathLike) -> Path:
 def load_card(path_or_name: str | os.PathLike) -> DeviceCard:
     """Load a card: a preset name (``device_models/<name>.toml``) or a path to a user's TOML card."""
     path = _resolve(path_or_name)
+    text = read_text_file(path, _CARD_EXPECTED, DeviceCardError)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise DeviceCardError(f"{path}: not valid TOML: {e}") from None
+        raise DeviceCardError(f"{path}: not valid TOML: {e}; expected {_CARD_EXPECTED}") from None
     return card_from_dict(data, where=str(path))
+
+
+_CARD_EXPECTED = ("a TOML device card (UTF-8 text with a [device] table (name, model) and a [parameters] table, "
+                  "see device_models/README.md)")
+
+
+def read_text_file(path: Path, expected: str, error: type[ValueError] = ValueError) -> str:
+    """The UTF-8 text of ``path`` (a leading BOM dropped); a binary or non-UTF-8 file, or one that cannot be read,
+    raises ``error`` naming the file and ``expected`` (what the file should be)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise error(f"{path}: cannot read the file ({e.strerror or e}); expected {expected}") from None
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise error(f"{path}: a binary file (NUL byte at offset {nul}), not text; expected {expected}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); expected "
+                    f"{expected}") from None
 
 
 def card_from_dict(data: dict, where: str = "<card>") -> DeviceCard:
@@ -511,5 +607,8 @@ def card_to_toml(card: DeviceCard, *, only_nondefault: bool = True, header: str 
 
 def dump_card(card: DeviceCard, path: str | os.PathLike, header: str = "") -> Path:
     p = Path(path)
-    p.write_text(card_to_toml(card, header=header))
+    try:
+        p.write_text(card_to_toml(card, header=header), encoding="utf-8")
+    except OSError as e:
+        raise DeviceCardError(f"{p}: cannot write the device card ({e.strerror or e})") from None
     return p

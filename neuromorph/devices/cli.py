@@ -48,10 +48,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     s.add_argument("csv", help="CSV with columns pulse, conductance_S and optionally direction (up/down)")
     s.add_argument("--model", required=True, choices=("neurosim", "soft_bounds", "linear_step"))
     s.add_argument("--out", help="write the fitted card to this .toml file")
-    s.add_argument("--levels", type=int, help="neurosim: levels (default: pulses of the first potentiation run)")
+    s.add_argument("--levels", type=int, help="neurosim: levels, an integer >= 2 (default: pulses of the first "
+                                               "potentiation / depression run)")
     s.add_argument("--objective", choices=("one_step", "trajectory"), default="one_step",
                    help="one_step (default, single noisy devices) or trajectory (averaged curves)")
     s.add_argument("--name", help="name of the fitted device (default: the CSV file name)")
+    s.add_argument("--plot", metavar="FILE.png", help="draw the fit over the data into this figure (default with "
+                                                     "--out: <out>_fit.png next to the card)")
     s.set_defaults(func=cmd_fit)
     return p
 
@@ -136,17 +139,39 @@ def cmd_show(args) -> int:
     return 0
 
 
+#: Bounds of ``device plot``: pulses per direction, repetitions, and their product (the traces hold
+#: 3 x (2 pulses + 1) x devices float64 values; 2e6 keeps them under ~100 MB and the run to seconds).
+MAX_PLOT_PULSES = 100_000
+MAX_PLOT_DEVICES = 10_000
+MAX_PLOT_PULSES_X_DEVICES = 2_000_000
+
+
+def check_plot_size(pulses: int, devices: int, *, card_levels: bool = False) -> None:
+    """Refuse a pulse-response plot whose size is negative, zero or too large (ValueError naming the value);
+    ``card_levels``: ``pulses`` is the card's default, not the user's --pulses."""
+    for flag, v in (("--pulses", pulses), ("--devices", devices)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"{flag} must be an integer, not {v!r}")
+    if not 0 <= pulses <= MAX_PLOT_PULSES:
+        raise ValueError(f"--pulses {pulses}: allowed are 1 to {MAX_PLOT_PULSES} pulses per direction (0 = the "
+                         "card's number of levels)")
+    if not 1 <= devices <= MAX_PLOT_DEVICES:
+        raise ValueError(f"--devices {devices}: allowed are 1 to {MAX_PLOT_DEVICES} repetitions")
+    if pulses * devices > MAX_PLOT_PULSES_X_DEVICES:
+        what = f"{pulses} pulses (the card's levels)" if card_levels else f"--pulses {pulses}"
+        raise ValueError(f"{what} x --devices {devices} = {pulses * devices}: at most "
+                         f"{MAX_PLOT_PULSES_X_DEVICES} pulses x devices per plot; lower --devices or --pulses")
+
+
 def plot_pulse_response(card: DeviceCard, out: str | Path, *, pulses: int = 0, devices: int = 20,
                         seed: int = 0, label: str = "") -> list[Path]:
     """Write the pulse-response figure (PNG and SVG): noise-free curve, mean and +-1 sigma cycle-to-cycle band of
     ``devices`` repetitions of the nominal device, and a few devices with device-to-device variation."""
     import matplotlib.pyplot as plt
 
-    if devices < 1:
-        raise ValueError("--devices must be >= 1")
+    check_plot_size(pulses, devices)
     n = pulses or (card.n_states if 0 < card.n_states <= 20000 else 1000)
-    if n < 1:
-        raise ValueError("--pulses must be >= 1")
+    check_plot_size(n, devices, card_levels=not pulses)
     gen = torch.Generator().manual_seed(seed)
     clean = pulse_response(card.ideal(), n, n, generator=gen)[:, 0]
     nominal = replace(card, **{k: 0.0 for k in _D2D})
@@ -179,15 +204,20 @@ def plot_pulse_response(card: DeviceCard, out: str | Path, *, pulses: int = 0, d
     out = Path(out)
     if out.suffix.lower() not in (".png", ".svg"):
         out = out.with_suffix(".png")
-    out.parent.mkdir(parents=True, exist_ok=True)
     png, svg = out.with_suffix(".png"), out.with_suffix(".svg")
-    fig.savefig(png)
-    fig.savefig(svg)
-    plt.close(fig)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(png)
+        fig.savefig(svg)
+    except OSError as e:
+        raise ValueError(f"{out}: cannot write the figure ({e.strerror or e})") from None
+    finally:
+        plt.close(fig)
     return [png, svg]
 
 
 def cmd_plot(args) -> int:
+    check_plot_size(args.pulses, args.devices)
     card = load_card(args.preset)
     stem = Path(str(args.preset)).stem if str(args.preset).endswith(".toml") else str(args.preset)
     out = args.out or f"{stem}_pulse_response.png"
@@ -197,13 +227,38 @@ def cmd_plot(args) -> int:
 
 
 def cmd_fit(args) -> int:
-    from .fit import fit_csv
+    import sys
 
-    res = fit_csv(args.csv, args.model, levels=args.levels, name=args.name, objective=args.objective)
+    from .fit import MAX_LEVELS, MIN_LEVELS, fit_csv, plot_fit
+
+    if args.levels is not None and not MIN_LEVELS <= args.levels <= MAX_LEVELS:
+        raise ValueError(f"--levels {args.levels}: the number of levels (pulses from G_min to G_max) must be an "
+                         f"integer from {MIN_LEVELS} to {MAX_LEVELS}")
+
+    def progress(msg: str) -> None:
+        print(f"neuromorph device fit: {msg}", file=sys.stderr, flush=True)
+
+    res = fit_csv(args.csv, args.model, levels=args.levels, name=args.name, objective=args.objective,
+                  progress=progress)
     print(f"fit of {args.csv} with the {args.model} model ({res.n_points} points, objective {args.objective}): "
           f"rmse {_si(res.rmse, 'S')}")
+    for note in res.notes:
+        print(f"  {note}")
     for k, v in res.params.items():
-        print(f"  {k:<16} {v:.6g}")
+        se = res.stderr.get(k)
+        print(f"  {k:<16} {v:.6g}" + (f" +- {se:.2g}" if se is not None else ""))
+    if res.quality:
+        print("fit quality (model curve against the data, per direction):")
+        for label, q in res.quality.items():
+            print(f"  {label:<5} R^2 {q['r2']:.4f}   RMSE {_si(q['rmse'], 'S')} = {100 * q['rmse_rel']:.3g}% of the "
+                  f"fitted range   ({q['n']} points)")
+    for w in res.warnings:
+        print(f"neuromorph device fit: warning: {w}", file=sys.stderr)
+    if res.warnings:
+        print(f"{len(res.warnings)} warning(s): see above (stderr)")
+    fig = args.plot or (str(Path(args.out).with_name(Path(args.out).stem + "_fit.png")) if args.out else None)
+    if fig:
+        print(f"figure of the fit: {plot_fit(res, fig)}")
     if args.out:
         path = dump_card(res.card, args.out, header=f"Fitted by 'neuromorph device fit {args.csv} --model "
                                                      f"{args.model}'; check the values before use.")
