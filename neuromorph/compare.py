@@ -18,6 +18,7 @@ from .bptt import bptt_truncated
 from .dynamics import relax
 from .estimators import OneSided, Symmetric, ep_gradients, estimate_from_states
 from .network import LayeredNetwork
+from .runio import json_safe
 
 __all__ = ["ep_vs_bptt", "plot_ep_vs_bptt"]
 
@@ -106,5 +107,6 @@ def plot_ep_vs_bptt(result: dict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     plt.close(fig)
-    path.with_suffix(".json").write_text(json.dumps({k: v for k, v in result.items() if k != "traces"}, indent=1))
+    numbers = json_safe({k: v for k, v in result.items() if k != "traces"})
+    path.with_suffix(".json").write_text(json.dumps(numbers, indent=1, allow_nan=False))
     return path

@@ -68,7 +68,7 @@ from typing import Any
 
 from .config import ConfigError, apply_overrides, config_from_dict, config_to_dict
 from .devices.cards import PARAMETERS, DeviceCard, DeviceCardError, card_from_dict, card_to_toml, load_card
-from .runio import RunLock, RunLocked
+from .runio import RunLock, RunLocked, json_safe
 
 __all__ = ["SweepError", "Axis", "RunSpec", "Sweep", "load_sweep", "run_task", "run_sweep", "ResultsDB",
            "read_results", "summary_rows", "format_summary", "add_parsers", "RESULTS"]
@@ -682,7 +682,7 @@ class ResultsDB:
                "saturated_fraction": last.get("saturated_fraction"),
                "train_time_s": float(sum(h.get("train_time_s", 0.0) for h in hist)), "wall_s": res.get("wall_s"),
                "started_at": res.get("started_at"), "finished_at": res.get("finished_at"),
-               "host": res.get("host"), "pid": res.get("pid"), "history": json.dumps(hist)}
+               "host": res.get("host"), "pid": res.get("pid"), "history": json.dumps(json_safe(hist), allow_nan=False)}
         self.con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in row)} WHERE run_id = ?",
                          [*row.values(), res["run_id"]])
         self.con.commit()
