@@ -5,7 +5,9 @@ lets the relaxation loop fold ``γ`` and ``o`` into the matrix products it alrea
 (``torch.addmm(..., alpha=γ)``), so one step costs one fused product and one in-place
 nonlinearity per layer.
 
-Activations of the paper and of its official code (see THEORY.md, fact 5):
+Activations of the paper and of its official code, whose ``my_hard_sig``, ``mysig`` and
+``hard_sigmoid`` are ``half_hard_sigmoid``, ``sigmoid4`` and ``hard_sigmoid`` here
+(docs/theory.md, fact 5):
 
 =====================  ==================================  ====================
 name                   σ(x)                                 where

@@ -28,7 +28,8 @@ class RelaxResult:
     Attributes:
         state: the final state ``s_T``, one ``(B, n_k)`` tensor per layer.
         residual: per-sample ``max_k ‖s_T − s_{T-1}‖_∞``, ``(B,)``: 0 at a fixed point, large
-            for a 2-cycle (THEORY.md, fact 3). ``None`` for zero steps.
+            for a 2-cycle, into which synchronous updates of strongly coupled layers can fall
+            (docs/theory.md, fact 3). ``None`` for zero steps.
         trajectory: ``[s_0, s_1, …, s_T]`` when ``record=True``.
     """
 

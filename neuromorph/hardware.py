@@ -1,7 +1,7 @@
 r"""The simulated-hardware substrate: EP phases as circuit settling on crossbars, updates as programming pulses.
 
 The same network (:class:`~neuromorph.network.LayeredNetwork`), estimators and training order as the ideal
-reference, on another substrate (ARCHITECTURE.md §1):
+reference, on another substrate (one algorithm, two substrates: docs/architecture.md §1):
 
 * **weights** live on :class:`~neuromorph.crossbar.CrossbarLayer` arrays of differential pairs
   ``W = (G+ − G−)/g0``. Synapse ``k`` is one array of ``n_k x (n_{k−1} + 1)`` pairs: the extra input line is
@@ -23,8 +23,21 @@ reference, on another substrate (ARCHITECTURE.md §1):
   trains of the outer products). KP-VF sends the *same* pulses (same random bits) and the same leakage
   ``−ηλW`` to the forward and backward arrays (Eq. 36).
 
-Only fully connected synapses are mapped onto arrays (a convolution would need its im2col mapping); dropout
-is not simulated on hardware. Both raise a clear error.
+* **convolutions** (the layout of aihwkit's analog conv layers and NeuroSim): a conv synapse is one array of
+  ``c_out x (c_in·k·k + 1)`` pairs, the unrolled kernel plus the bias line. Every output position is a read of
+  the same conductances (im2col: the patches are the array's input rows, read through the DAC/ADC, IR drop,
+  faults and drift; one read call draws the read noise once for all its rows, the positions and the samples of
+  the call, as a dense array's batch does: per-position draws are not simulated), max-pooling with its argmax
+  switches sits in the neuron periphery, and the transposed product is the transposed read of the same array at
+  every position, unpooled with the switches of the same evaluation and summed back onto the input nodes
+  (col2im): the transposed convolution. The
+  weight-shared update is one request per kernel weight, the EP rule summed over positions (rows of patches and
+  unpooled posts), programmed with the same update modes as a dense array. A unidirectional conv net has a
+  backward array per synapse whose forward read gives the feedback's pooling switches (Eq. 32); KP-VF programs
+  both with the mean of the forward- and backward-indexed requests (Eq. 36/37). The VF rule on conv synapses
+  is not simulated (it raises).
+* **dropout** (App. F.3): the neuron periphery gates each node's output with the iteration's scaled mask in every
+  phase, ``s̃ = m̃ ⊙ s``, and the update sees the gated activities, as the reference does.
 """
 
 from __future__ import annotations
@@ -42,7 +55,7 @@ from .crossbar.periphery import quantise
 from .crossbar.tile import is_power_of_two
 from .devices import DeviceCard, load_card
 from .estimators import Plan, check_rule, stack_phases
-from .network import Dense, LayeredNetwork
+from .network import ConvPool, Dense, LayeredNetwork
 
 __all__ = ["HardwareNetwork", "PhaseResult", "SOLVERS", "UPDATE_MODES", "make_solver"]
 
@@ -77,6 +90,60 @@ def _scaled(read, scale: float, shift: float = 0.0):
         return out.add_(shift) if shift != 0.0 else out
 
     return scaled
+
+
+class _ConvReads:
+    """One phase's reads of a conv synapse's array (module docstring), on flat ``(batch, n)`` activities.
+
+    ``forward(pre)`` reads every patch of the input through the array (im2col rows: one read per position, each
+    with its own read noise), max-pools the column currents in the periphery and keeps the argmax switches (of
+    the backward array's forward read in a unidirectional net, Eq. 32); ``feedback(post, plus)`` unpools ``post``
+    with those switches, reads the array transposed at every position and sums the patches back onto the input
+    nodes (col2im), plus ``plus``: the transposed convolution through the same conductances.
+    """
+
+    def __init__(self, syn: ConvPool, in_shape: tuple[int, ...], hw: HardwareNetwork, k: int, scale: float,
+                 shift: float) -> None:
+        self.syn, self.in_shape = syn, in_shape
+        self.conv_shape = syn.conv_shape(in_shape)
+        f_arr, b_arr = hw.forward_arrays[k], hw.backward_arrays[k]
+        self.fwd_rows = hw.reader(f_arr, True, bias_line=syn.bias, scale=scale, shift=shift)
+        if b_arr is None:
+            self.fb_rows = hw.reader(f_arr, False, bias_line=syn.bias, scale=scale)
+            self.switch_rows = None
+        else:
+            self.fb_rows = hw.reader(b_arr, False, scale=scale)
+            self.switch_rows = hw.reader(b_arr, True)
+        self.idx = None
+
+    def patches(self, pre: torch.Tensor) -> torch.Tensor:
+        """``(batch·positions, c_in·k·k)`` rows: the input patch of every output position (im2col)."""
+        cols = torch.nn.functional.unfold(pre.view(pre.shape[0], *self.in_shape), self.syn.kernel,
+                                          padding=self.syn.padding)
+        return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+    def _pool(self, rows: torch.Tensor, batch: int):
+        c_out, ho, wo = self.conv_shape
+        c = rows.view(batch, ho * wo, c_out).transpose(1, 2).reshape(batch, c_out, ho, wo)
+        return torch.nn.functional.max_pool2d(c, self.syn.pool, self.syn.pool, return_indices=True)
+
+    def forward(self, pre: torch.Tensor) -> torch.Tensor:
+        batch = pre.shape[0]
+        rows = self.patches(pre)
+        z, self.idx = self._pool(self.fwd_rows(rows), batch)
+        if self.switch_rows is not None:
+            self.idx = self._pool(self.switch_rows(rows), batch)[1]
+        return z.reshape(batch, -1)
+
+    def feedback(self, post: torch.Tensor, plus: torch.Tensor | None = None) -> torch.Tensor:
+        batch, syn = post.shape[0], self.syn
+        c_out, ho, wo = self.conv_shape
+        u = torch.nn.functional.max_unpool2d(post.view(batch, c_out, ho // syn.pool, wo // syn.pool), self.idx,
+                                             syn.pool, syn.pool, output_size=(ho, wo))
+        back = self.fb_rows(u.flatten(2).transpose(1, 2).reshape(batch * ho * wo, c_out))
+        out = torch.nn.functional.fold(back.view(batch, ho * wo, -1).transpose(1, 2), self.in_shape[1:],
+                                       syn.kernel, padding=syn.padding).reshape(batch, -1)
+        return out if plus is None else out.add_(plus)
 
 
 @dataclass
@@ -134,12 +201,6 @@ class HardwareNetwork:
                  policy: str = "bidirectional", capacitance: float = 1e-12, activity_bits: int = 0,
                  read_time: float | None = None, reread_input: bool = False,
                  generator: torch.Generator | None = None) -> None:
-        if not all(isinstance(s, Dense) for s in net.synapses):
-            raise ValueError("the hardware substrate maps fully connected synapses onto crossbars; this network has "
-                             "convolutional layers (map them with an im2col layout first, or use the ideal substrate)")
-        if net.dropout:
-            raise ValueError(f"dropout {list(net.dropout)} is not simulated on the hardware substrate; set "
-                             "model.dropout = []")
         if isinstance(activity_bits, bool) or not isinstance(activity_bits, int) or activity_bits < 0:
             raise ValueError(f"activity_bits = {activity_bits!r}: an integer >= 0 is required (0: exact)")
         if not (isinstance(capacitance, (int, float)) and math.isfinite(capacitance) and capacitance > 0):
@@ -159,12 +220,13 @@ class HardwareNetwork:
         self.representable: dict[str, float] = {}
         for k, syn in enumerate(net.synapses):
             w = self._augment(per[k], syn)
-            arr = CrossbarLayer(syn.n_post, w.shape[1], self.card, self.periphery, **kw)
+            arr = CrossbarLayer(w.shape[0], w.shape[1], self.card, self.periphery, **kw)
             self.representable[f"w{k + 1}"] = arr.set_weights(w, count=False)
             self.forward_arrays.append(arr)
             if back[k] is not None:
-                b = CrossbarLayer(syn.n_post, syn.n_pre, self.card, self.periphery, **kw)
-                self.representable[f"w{k + 1}_back"] = b.set_weights(back[k].detach(), count=False)
+                wb = back[k].detach().reshape(back[k].shape[0], -1)  # a conv kernel unrolled: (c_out, c_in·k·k)
+                b = CrossbarLayer(wb.shape[0], wb.shape[1], self.card, self.periphery, **kw)
+                self.representable[f"w{k + 1}_back"] = b.set_weights(wb, count=False)
                 self.backward_arrays.append(b)
             else:
                 self.backward_arrays.append(None)
@@ -178,8 +240,9 @@ class HardwareNetwork:
 
     # ------------------------------------------------------------------ weights
     @staticmethod
-    def _augment(p: Sequence[torch.Tensor], syn: Dense) -> torch.Tensor:
-        w = p[0].detach()
+    def _augment(p: Sequence[torch.Tensor], syn) -> torch.Tensor:
+        """The array's matrix: the weights (a conv kernel unrolled to ``(c_out, c_in·k·k)``) and the bias column."""
+        w = p[0].detach().reshape(p[0].shape[0], -1)
         return torch.cat([w, p[1].detach().unsqueeze(1)], 1) if syn.bias else w
 
     def arrays(self) -> dict[str, CrossbarLayer]:
@@ -201,12 +264,12 @@ class HardwareNetwork:
             arr = self.forward_arrays[k]
             if syn.bias:
                 w, b = arr.weight_parts()  # computed once per programmed state, reused by the exact reads
-                per[k][0].copy_(w)
+                per[k][0].copy_(w.view_as(per[k][0]))
                 per[k][1].copy_(b)
             else:
-                per[k][0].copy_(arr.weights())
+                per[k][0].copy_(arr.weights().view_as(per[k][0]))
             if back[k] is not None:
-                back[k].copy_(self.backward_arrays[k].weights())
+                back[k].copy_(self.backward_arrays[k].weights().view_as(back[k]))
         if ro is not None:
             ro.copy_(self.readout_array.weights())
 
@@ -238,6 +301,11 @@ class HardwareNetwork:
         fwd, fb = [], []
         for k, syn in enumerate(syns):
             f_arr, b_arr = self.forward_arrays[k], self.backward_arrays[k]
+            if isinstance(syn, ConvPool):
+                conv = _ConvReads(syn, self._in_shape(k), self, k, scale, shift)
+                fwd.append(conv.forward)
+                fb.append(conv.feedback)
+                continue
             fwd.append(f_arr.exact_reader(True, t=t, bias_line=syn.bias, scale=scale, shift=shift)
                        or _scaled(partial(self._fwd, k), scale, shift))
             fb_exact = f_arr.exact_reader(False, t=t, bias_line=syn.bias, scale=scale) if b_arr is None else \
@@ -250,15 +318,33 @@ class HardwareNetwork:
         ro_t = ro.exact_reader(False, t=t, scale=scale) or _scaled(partial(ro.transpose, t=t), scale)
         return fwd, fb, ro_f, ro_t
 
+    def _in_shape(self, k: int) -> tuple[int, ...]:
+        """The shape of synapse ``k``'s input activities (one sample)."""
+        return tuple(self.net.input_shape) if k == 0 else tuple(self.net.state_shapes[k - 1])
+
+    def reader(self, arr: CrossbarLayer, forward: bool, *, bias_line: bool = False, scale: float = 1.0,
+               shift: float = 0.0):
+        """A read of ``arr`` for one phase, ``read(u, plus=None) = scale·read(u) + shift + plus``: its exact reader
+        when reads are exact, else the generic read (noise, periphery) scaled."""
+        t = self.read_time
+        exact = arr.exact_reader(forward, t=t, bias_line=bias_line, scale=scale, shift=shift if forward else 0.0)
+        if exact is not None:
+            return exact
+        read = partial(arr.forward if forward else arr.transpose, t=t, bias_line=bias_line)
+        return _scaled(read, scale, shift if forward else 0.0)
+
     def logits(self, state: State) -> torch.Tensor:
         """Output: ``s_N`` (squared error) or the read-out array's forward read ``w_out s_N`` (ADC)."""
         last = state[-1].reshape(state[-1].shape[0], -1)
         return last if self.readout_array is None else self.readout_array.forward(last, t=self.read_time)
 
-    def field(self, x: torch.Tensor, y: torch.Tensor | None = None, beta: float | torch.Tensor = 0.0) -> NodeField:
+    def field(self, x: torch.Tensor, y: torch.Tensor | None = None, beta: float | torch.Tensor = 0.0,
+              masks: list | None = None) -> NodeField:
         """The node equation of one phase: every evaluation reads every recurrent array once forward and once
-        transposed (fresh read noise each time); the input array once per phase unless ``reread_input``."""
-        return self._field(x, y, beta)[0]
+        transposed (fresh read noise each time); the input array once per phase unless ``reread_input``.
+        ``masks``: the iteration's scaled dropout masks (:meth:`LayeredNetwork.sample_dropout_masks`), which gate
+        every node's output (``s̃ = m̃ ⊙ s``) and its target (``(z − o)·m̃ + o``), as in the reference."""
+        return self._field(x, y, beta, masks=masks)[0]
 
     def _input_state(self) -> tuple:
         """The input array's programmed state: its conductance tensors (held, so not recycled) and versions."""
@@ -283,7 +369,7 @@ class HardwareNetwork:
         return current.repeat(reps, 1)
 
     def _field(self, x: torch.Tensor, y: torch.Tensor | None, beta: float | torch.Tensor,
-               after: PhaseResult | None = None) -> tuple[NodeField, tuple | None]:
+               after: PhaseResult | None = None, masks: list | None = None) -> tuple[NodeField, tuple | None]:
         """:meth:`field` and the phase's ``held`` input read (:class:`PhaseResult`); ``after``: see
         :meth:`settle_phase`."""
         net = self.net
@@ -319,6 +405,8 @@ class HardwareNetwork:
         def target(s: State) -> list[torch.Tensor]:
             # node k sums its forward current with the feedback of synapse k + 1 (one fused read); every a[k] ends
             # a fresh tensor (the held drive is read from, never written), so what follows runs in place
+            if masks is not None:
+                s = [sk if m is None else sk * m for sk, m in zip(s, masks)]
             flat = s if flat_states else [sk.reshape(batch, -1) for sk in s]
             a = [fwd[0](x) if drive is None else drive] + [fwd[k](flat[k - 1]) for k in range(1, n)]
             for k in range(1, n):
@@ -334,7 +422,13 @@ class HardwareNetwork:
             if not folded:
                 for ak in a:
                     ak.mul_(g).add_(o)
-            return a if flat_states else [ak.view(-1, *shape) for ak, shape in zip(a, net.state_shapes)]
+            if not flat_states:
+                a = [ak.view(-1, *shape) for ak, shape in zip(a, net.state_shapes)]
+            if masks is not None:
+                for ak, m in zip(a, masks):
+                    if m is not None:
+                        ak.sub_(o).mul_(m).add_(o)
+            return a
 
         return NodeField(target, net.act.unit_fn, self.tau), held
 
@@ -350,16 +444,18 @@ class HardwareNetwork:
 
     @torch.no_grad()
     def settle_phase(self, x: torch.Tensor, u0: State | None, steps: int, *, y=None, beta=0.0, solver=None,
-                     tol: float | None = None, after: PhaseResult | None = None) -> PhaseResult:
+                     tol: float | None = None, after: PhaseResult | None = None,
+                     masks: list | None = None) -> PhaseResult:
         """Settle one phase for ``steps·τ`` seconds at most (from ``u0``; ``None``: :meth:`rest_state`).
 
         ``solver`` defaults to explicit Euler with ``dt = τ``; ``tol`` (weight units, on ``max|z − u|``) stops
         early at a steady state, otherwise the phase runs exactly ``steps·τ`` (the reference's T or K steps).
         ``after``: an earlier phase (the free phase before the nudged ones); when its input read was exact, the
         input array is unchanged since and ``x`` is its inputs repeated, its input current is reused for this
-        phase's input read (counted as a read: the current it would return, computed once).
+        phase's input read (counted as a read: the current it would return, computed once). ``masks``: dropout,
+        see :meth:`field`.
         """
-        f, held = self._field(x, y, beta, after)
+        f, held = self._field(x, y, beta, after, masks)
         if u0 is None:
             u0 = self.rest_state(x.shape[0])
         if solver is None and tol is None:
@@ -405,11 +501,13 @@ class HardwareNetwork:
 
         Computed from the ADC-read steady states (:meth:`read_activities`), as an array computes it: for
         synapse ``k`` the rows are the phases' ``(pre, c_j·post)`` pairs (Eq. 24–29; the bias line's pre is
-        the constant 1); VF (Eq. 34) pairs the nudged posts with the free pres for ``w^f`` and the free posts
-        with the nudged pres for ``w^b``; KP-VF (Eq. 37, dense) gives both arrays the EP rows. The symmetric
-        estimate is written in difference form (:meth:`_difference_rows`). The read-out
-        (Eq. 28/29) pairs the nudged ``s_N`` with ``−r_j (ŷ_j − y)``, ``ŷ`` from the read-out array's logits.
-        Returns ``{array name: (pre rows, post rows)}``.
+        the constant 1); a conv synapse has one row per phase, sample and output position: the input patch and the
+        post unpooled with the switches of ``w ⋆ pre`` (the weight-shared rule summed over positions, Eq. 25). VF
+        (Eq. 34, dense) pairs the nudged posts with the free pres for ``w^f`` and the free posts with the nudged
+        pres for ``w^b``; KP-VF (Eq. 37) gives both arrays the mean of the rows unpooled with ``w^f``'s and with
+        ``w^b``'s switches (for dense synapses the two are the same rows). The symmetric estimate is written in
+        difference form (:meth:`_pair_rows`). The read-out (Eq. 28/29) pairs the nudged ``s_N`` with
+        ``−r_j (ŷ_j − y)``, ``ŷ`` from the read-out array's logits. Returns ``{array name: (pre rows, post rows)}``.
         """
         check_rule(self.net, rule)
         batch = x.shape[0]
@@ -418,23 +516,27 @@ class HardwareNetwork:
         J = len(plan.betas)
         states, coefs = stack_phases(free, nudged, plan, batch)
         M = states[0].shape[0] // batch
-        xf = self.net.flatten_input(x).reshape(batch, -1)
+        xf = self.net.flatten_input(x)
         rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         symmetric = plan.coef_free == 0.0 and len(plan.coefs) == 2 and plan.coefs[0] == -plan.coefs[1]
+        c_sym = plan.coefs[0] if symmetric else None
         for k, syn in enumerate(self.net.synapses):
-            pre = xf.repeat(M, 1) if k == 0 else states[k - 1].reshape(M * batch, -1)
-            post = states[k].reshape(M * batch, -1)
-            if symmetric:
-                rows.update(self._difference_rows(k, syn, pre, post, free, plan.coefs[0], batch, rule))
-                continue
+            name = f"w{k + 1}"
+            pre = xf.repeat(M, *([1] * (xf.dim() - 1))) if k == 0 else states[k - 1]
             if rule == "vf" and k > 0:
-                pre_f = free[k - 1].reshape(batch, -1).repeat(M, 1)
-                rows[f"w{k + 1}"] = (self._with_one(pre_f, syn), coefs * post)
-                rows[f"w{k + 1}_back"] = (coefs * pre, free[k].reshape(batch, -1).repeat(M, 1))
+                if isinstance(syn, ConvPool):
+                    raise ValueError("the VF rule on convolutional synapses is not simulated on hardware; use "
+                                     "ep.rule = \"kp_vf\"")
+                rows.update(self._vf_rows(k, syn, pre, states[k], free, coefs, c_sym, batch, M))
                 continue
-            rows[f"w{k + 1}"] = (self._with_one(pre, syn), coefs * post)
-            if self.backward_arrays[k] is not None:
-                rows[f"w{k + 1}_back"] = (pre, coefs * post)
+            fw = self._pair_rows(k, pre, states[k], coefs, c_sym, batch)
+            has_back = self.backward_arrays[k] is not None
+            if has_back and isinstance(syn, ConvPool):  # KP-VF: the mean of both switch sets' rows, to both
+                bw = self._pair_rows(k, pre, states[k], coefs, c_sym, batch, switches_of_back=True)
+                fw = (torch.cat([fw[0], bw[0]]), torch.cat([fw[1], bw[1]]).mul_(0.5))
+            rows[name] = fw
+            if has_back:
+                rows[f"{name}_back"] = (fw[0][:, :-1] if syn.bias else fw[0], fw[1])
         if self.readout_array is not None:
             last = nudged[-1].reshape(J * batch, -1)
             err = torch.softmax(self.logits(nudged), -1) - self.net.one_hot(y).repeat(J, 1).to(dt)
@@ -442,33 +544,58 @@ class HardwareNetwork:
             rows["w_out"] = (last, -r * err)
         return rows
 
-    def _difference_rows(self, k: int, syn: Dense, pre: torch.Tensor, post: torch.Tensor, free: State, c: float,
-                         batch: int, rule: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Rows of the symmetric rule in difference form: with ``a, b`` the posts and ``p, q`` the pres of the
-        ±β phases, ``c(a pᵀ − b qᵀ) = ½c[(a − b)(p + q)ᵀ + (a + b)(p − q)ᵀ]``. Same estimate; but fired as pulse
-        trains, the two contrastive terms no longer go to the devices as separate large pulse trains that must
-        cancel (they do not on an asymmetric device): every row now carries a difference of the phases. The
-        input is the same in both phases (``p − q = 0`` for synapse 1 and for the bias line). VF (Eq. 34) is
-        a difference already: ``(c(a − b), s_*^{pre})`` and ``(s_*^{post}, c(p − q))``."""
-        name = f"w{k + 1}"
-        a, b = post[:batch], post[batch:]
-        if rule == "vf" and k > 0:
-            p, q = pre[:batch], pre[batch:]
-            return {name: (self._with_one(free[k - 1].reshape(batch, -1), syn), c * (a - b)),
-                    f"{name}_back": (c * (p - q), free[k].reshape(batch, -1))}
-        out = {}
-        for key, with_bias in ((name, True), (f"{name}_back", False)):
-            if key.endswith("_back") and self.backward_arrays[k] is None:
-                continue
-            pp = self._with_one(pre, syn) if with_bias else pre
-            p, q = pp[:batch], pp[batch:]
-            if k == 0:  # the static input: p = q
-                out[key] = (p + q, 0.5 * c * (a - b))
-            else:
-                out[key] = (torch.cat([p + q, p - q]), torch.cat([0.5 * c * (a - b), 0.5 * c * (a + b)]))
-        return out
+    def _rows_of(self, k: int, pre: torch.Tensor, post: torch.Tensor, *, bias: bool = True,
+                 switches_of_back: bool = False, switches_at: torch.Tensor | None = None):
+        """``(pre rows, post rows)`` of synapse ``k`` for phase-stacked activities ``pre``, ``post`` (one row per
+        sample; a conv synapse one per sample and output position, the post unpooled with the argmax switches of
+        ``w ⋆ switches_at`` (default ``pre``) of the programmed forward or, ``switches_of_back``, backward kernel).
+        ``bias``: the bias line's constant 1 as the pre rows' last column (when the synapse has one)."""
+        syn, R = self.net.synapses[k], pre.shape[0]
+        if isinstance(syn, ConvPool):
+            per, _, back = self.net._split(None)
+            w = back[k] if switches_of_back else per[k][0]
+            _, aux = syn._pool(pre if switches_at is None else switches_at, w)
+            u = syn.unpool(post, aux)
+            post_rows = u.flatten(2).transpose(1, 2).reshape(-1, u.shape[1])
+            cols = torch.nn.functional.unfold(pre, syn.kernel, padding=syn.padding)
+            pre_rows = cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        else:
+            pre_rows, post_rows = pre.reshape(R, -1), post.reshape(R, -1)
+        return (self._with_one(pre_rows, syn) if bias else pre_rows), post_rows
 
-    def _with_one(self, pre: torch.Tensor, syn: Dense) -> torch.Tensor:
+    def _pair_rows(self, k: int, pre: torch.Tensor, post: torch.Tensor, coefs: torch.Tensor, c_sym: float | None,
+                   batch: int, switches_of_back: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The EP rows of synapse ``k`` (bias line included): ``(pre, c·post)`` per phase row; for the symmetric
+        estimate (``c_sym``: ``c_{1,2} = ±c``) in difference form. With ``a, b`` the posts and ``p, q`` the pres of
+        the ±β phases, ``c(a pᵀ − b qᵀ) = ½c[(a − b)(p + q)ᵀ + (a + b)(p − q)ᵀ]``. Same estimate; but fired as
+        pulse trains, the two contrastive terms no longer go to the devices as separate large pulse trains that
+        must cancel (they do not on an asymmetric device): every row now carries a difference of the phases. The
+        input is the same in both phases (``p − q = 0`` for synapse 1 and for the bias line)."""
+        if c_sym is None:
+            col = coefs.view(-1, *([1] * (post.dim() - 1)))
+            return self._rows_of(k, pre, post * col, switches_of_back=switches_of_back)
+        p_rows, a_rows = self._rows_of(k, pre, post, switches_of_back=switches_of_back)
+        h = p_rows.shape[0] // 2
+        p, q, a, b = p_rows[:h], p_rows[h:], a_rows[:h], a_rows[h:]
+        if k == 0:  # the static input: p = q
+            return p + q, (a - b).mul_(0.5 * c_sym)
+        return torch.cat([p + q, p - q]), torch.cat([a - b, a + b]).mul_(0.5 * c_sym)
+
+    def _vf_rows(self, k: int, syn: Dense, pre: torch.Tensor, post: torch.Tensor, free: State, coefs: torch.Tensor,
+                 c_sym: float | None, batch: int, M: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """VF (Eq. 34) rows of a dense synapse: ``(s_*^{pre}, Σ_j c_j s_j^{post})`` for ``w^f`` and
+        ``(Σ_j c_j s_j^{pre}, s_*^{post})`` for ``w^b``, a difference of the phases already: for the symmetric
+        estimate ``(c(a − b), s_*^{pre})`` and ``(s_*^{post}, c(p − q))``."""
+        name = f"w{k + 1}"
+        pre, post = pre.reshape(M * batch, -1), post.reshape(M * batch, -1)
+        f_pre, f_post = free[k - 1].reshape(batch, -1), free[k].reshape(batch, -1)
+        if c_sym is not None:
+            return {name: (self._with_one(f_pre, syn), c_sym * (post[:batch] - post[batch:])),
+                    f"{name}_back": (c_sym * (pre[:batch] - pre[batch:]), f_post)}
+        return {name: (self._with_one(f_pre.repeat(M, 1), syn), coefs * post),
+                f"{name}_back": (coefs * pre, f_post.repeat(M, 1))}
+
+    def _with_one(self, pre: torch.Tensor, syn) -> torch.Tensor:
         return torch.cat([pre, self._ones(pre)], 1) if syn.bias else pre
 
     def lr_of(self, lrs: Sequence[float]) -> dict[str, float]:

@@ -5,8 +5,10 @@ ideal :class:`~neuromorph.train.Trainer` of the same config sees: the same initi
 initialisation, mapped onto conductances; the representable fraction is reported), the same data order,
 augmentation and random signs (the same per-epoch generator streams), the same learning-rate schedule. Its
 phases settle as circuits on the arrays and its updates are programming pulses; it is evaluated on the hardware,
-with its noise. What the hardware does not have: momentum (a crossbar holds no velocity; a config with
-``train.momentum > 0`` gives the reference momentum and the hardware none: :func:`compare` says so) and dropout.
+with its noise. Dense and convolutional networks, dropout (the reference's masks, gating the neurons in every
+phase) and the unidirectional KP-VF nets run on hardware. What the hardware does not have: momentum (a crossbar
+holds no velocity; a config with ``train.momentum > 0`` gives the reference momentum and the hardware none:
+:func:`compare` says so).
 
 Per epoch it records, besides accuracies and losses: pulses, refreshes, reads and energy spent in the epoch,
 the fraction of saturated devices, mean settling time (in τ) and solver steps per phase, and the fraction of
@@ -28,7 +30,7 @@ from tqdm.auto import tqdm
 from .config import RunConfig, dump_toml
 from .crossbar import Periphery
 from .data import Dataset, iterate_batches
-from .devices import load_card
+from .devices import DeviceCard, load_card
 from .estimators import _rows, make_estimator
 from .hardware import HardwareNetwork, make_solver
 from .runio import RunLock, json_line, json_safe
@@ -44,11 +46,13 @@ def periphery_from_config(cfg: RunConfig) -> Periphery:
                      read_noise=h.read_noise)
 
 
-def hardware_from_config(cfg: RunConfig, net, periphery: Periphery | None = None) -> HardwareNetwork:
+def hardware_from_config(cfg: RunConfig, net, periphery: Periphery | None = None,
+                         card: DeviceCard | None = None) -> HardwareNetwork:
     """The :class:`HardwareNetwork` of ``cfg.hardware`` for ``net`` (its weights mapped onto the arrays);
-    ``periphery`` overrides the config's (e.g. :meth:`Periphery.ideal` for a SPICE cross-check)."""
+    ``periphery`` overrides the config's (e.g. :meth:`Periphery.ideal` for a SPICE cross-check), ``card`` its
+    ``hardware.device`` (a :class:`DeviceCard` built in Python)."""
     h = cfg.hardware
-    card = load_card(h.device)
+    card = card if card is not None else load_card(h.device)
     return HardwareNetwork(net, card, periphery if periphery is not None else periphery_from_config(cfg),
                            tile_size=(h.tile_rows, h.tile_cols), g0=h.g0_siemens or card.g_range / h.w_max,
                            mapping=h.mapping, policy=h.policy, capacitance=h.capacitance_farad,
@@ -63,17 +67,22 @@ class HardwareTrainer:
     cfg: RunConfig
     dataset: Dataset | None = None
     out: Path | None = None
+    card: DeviceCard | None = None
+    """The device card (built in Python); default: ``cfg.hardware.device`` (a preset name or a card file)."""
 
     def __post_init__(self):
         cfg = self.cfg
         if cfg.train.algorithm != "ep":
             raise ValueError(f"train.algorithm = {cfg.train.algorithm!r}: the hardware trains with EP (local "
                              "updates); BPTT has no hardware counterpart here")
+        if cfg.ep.rule == "vf" and cfg.model.conv_channels:
+            raise ValueError("ep.rule = \"vf\" on convolutional synapses is not simulated on hardware; use "
+                             "ep.rule = \"kp_vf\"")
         # the reference's own set-up: data, normalisation, initial weights, generator streams
         self.ref = Trainer(replace(cfg, output=replace(cfg.output, checkpoint=False)), dataset=self.dataset)
         self.dataset = self.ref.dataset
         h = cfg.hardware
-        self.hw = hardware_from_config(cfg, self.ref.net)
+        self.hw = hardware_from_config(cfg, self.ref.net, card=self.card)
         self.net = self.hw.net
         # Euler at dt = τ is the plain iteration (HardwareNetwork.settle_phase's fast path when solver is None)
         euler_tau = h.solver == "euler" and h.dt_tau == 1.0
@@ -83,9 +92,9 @@ class HardwareTrainer:
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ phases
-    def _free(self, x: torch.Tensor):
+    def _free(self, x: torch.Tensor, masks: list | None = None):
         h, ec = self.cfg.hardware, self.cfg.ep
-        return self.hw.settle_phase(x, None, ec.T, solver=self.solver, tol=h.settle_tol or None)
+        return self.hw.settle_phase(x, None, ec.T, solver=self.solver, tol=h.settle_tol or None, masks=masks)
 
     def _converged(self, res) -> torch.Tensor:
         """Per sample: settled (steady-state stop) or, for fixed-length phases, residual below the tolerance."""
@@ -119,6 +128,8 @@ class HardwareTrainer:
         lrs = [learning_rate(epoch, lr, tc.lr_final, tc.decay_epochs, tc.after_decay)
                for lr in (tc.lr * len(self.net.groups) if len(tc.lr) == 1 else tc.lr)]
         order_gen, sign_gen, aug_gen = ref._generator(epoch, 0), ref._generator(epoch, 1), ref._generator(epoch, 2)
+        drop_gen = ref._generator(epoch, 3)
+        net = self.net
         n = ref.x_train.shape[0]
         n_batches = math.ceil(n / tc.batch_size)
         before = hw.stats()
@@ -130,18 +141,22 @@ class HardwareTrainer:
                                                      generator=order_gen)):
             xb = ref.prepare_batch(xb, aug_gen)
             B = xb.shape[0]
-            free = self._free(xb)
+            masks = net.sample_dropout_masks(B, drop_gen)  # the reference's masks: gated in every phase
+            free = self._free(xb, masks)
             plan = self.estimator.plan(sign_gen)
             J = len(plan.betas)
             xJ = xb.repeat(J, *([1] * (xb.dim() - 1)))
             u0 = [u.repeat(J, *([1] * (u.dim() - 1))) for u in free.u]
+            masksJ = None if masks is None else [None if m is None else m.repeat(J, *([1] * (m.dim() - 1)))
+                                                 for m in masks]
             nudged = hw.settle_phase(xJ, u0, ec.K, y=yb.repeat(J), beta=_rows(plan.betas, B, free.state[0]),
-                                     solver=self.solver, tol=h.settle_tol or None, after=free)
-            rows = hw.outer_products(xb, yb, free.state, nudged.state, plan, ec.rule)
+                                     solver=self.solver, tol=h.settle_tol or None, after=free, masks=masksJ)
+            free_s = net.masked(free.state, masks)
+            rows = hw.outer_products(xb, yb, free_s, net.masked(nudged.state, masksJ), plan, ec.rule)
             hw.apply_update(rows, B, lrs, mode=h.update, leakage=tc.weight_decay, threshold=h.manhattan_threshold,
                             refresh_threshold=h.refresh_threshold, shared=hw.shared_arrays(ec.rule))
-            logits = hw.logits(free.state)
-            batch_loss = float(self._loss(logits, free.state, yb).sum())
+            logits = hw.logits(free_s)
+            batch_loss = float(self._loss(logits, free_s, yb).sum())
             if not math.isfinite(batch_loss):
                 raise RuntimeError(f"non-finite loss on the hardware at epoch {epoch + 1}, batch {i + 1}")
             loss_sum += batch_loss
@@ -192,19 +207,20 @@ class HardwareTrainer:
         return self.history
 
 
-def compare(cfg: RunConfig, out: str | Path, log=print) -> dict:
+def compare(cfg: RunConfig, out: str | Path, log=print, card: DeviceCard | None = None) -> dict:
     """Train the ideal reference and the hardware model of ``cfg`` side by side; write the table and the plot.
 
     Returns the summary (also ``out/comparison.json`` and ``out/comparison.md``; curves in
-    ``out/learning_curves.png``; each run's metrics under ``out/ideal`` and ``out/hardware``).
+    ``out/learning_curves.png``; each run's metrics under ``out/ideal`` and ``out/hardware``). ``card``: a
+    :class:`DeviceCard` built in Python instead of ``cfg.hardware.device``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out, f"comparison directory {str(out)!r}"):
-        return _compare(cfg, out, log)
+        return _compare(cfg, out, log, card)
 
 
-def _compare(cfg: RunConfig, out: Path, log) -> dict:
+def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None) -> dict:
     from .plots import plot_learning_curves
 
     notes = []
@@ -212,7 +228,7 @@ def _compare(cfg: RunConfig, out: Path, log) -> dict:
         notes.append(f"the reference uses momentum {cfg.train.momentum}; the hardware update has none")
     # the hardware side is built first: a device name, card or network it cannot simulate is refused before
     # any training (its set-up loads the data and maps the initial weights; the reference reuses the data)
-    hwt = HardwareTrainer(replace(cfg, output=replace(cfg.output, dir=str(out / "hardware"))))
+    hwt = HardwareTrainer(replace(cfg, output=replace(cfg.output, dir=str(out / "hardware"))), card=card)
     ideal_cfg = replace(cfg, output=replace(cfg.output, dir=str(out / "ideal")))
     ideal = Trainer(ideal_cfg, dataset=hwt.dataset, overwrite=True)  # compare replaces its own earlier results
     t0 = time.perf_counter()  # timed from here: loading the data is not training

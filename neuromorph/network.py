@@ -19,9 +19,10 @@ with the nudge only on the last layer. Two output schemes (App. D):
   ``ℓ = −Σ y log ŷ`` (Eq. 12–14/26), nudge ``β w_outᵀ (y − ŷ)``; ``w_out`` learned by Eq. 29.
 
 The nudge acts *inside* σ, i.e. the nudged fixed point is ``s = σ(∂Φ/∂s − β ∂ℓ/∂s)``,
-a stationary point of ``Φ − Σ G(s) − βℓ`` with ``G' = σ⁻¹`` (THEORY.md, fact 1). This is the
-form of the paper's official code and the one for which the β → 0 limit of EP is exactly the
-gradient of the loss; Eq. 22/26 write the nudge outside σ, which is not a gradient system.
+a stationary point of ``Φ − Σ G(s) − βℓ`` with ``G' = σ⁻¹`` for any strictly increasing σ
+(docs/theory.md, fact 1). This is the form of the paper's official code and the one for which
+the β → 0 limit of EP is exactly the gradient of the loss; Eq. 22/26 write the nudge outside σ,
+which is not a gradient system.
 
 The synapse objects carry the layer-specific algebra (forward product, transposed product,
 ``∂Φ/∂w``) so that convolution + pooling layers and crossbar substrates plug in behind the same
@@ -511,7 +512,8 @@ class LayeredNetwork(nn.Module):
         """``u(s) = γ·(∂Φ/∂s − β ∂ℓ/∂s) + o`` per layer, so that the step is ``s ← unit(u)`` and σ = unit∘(γ·+o).
 
         This is the steady-state node voltage of the circuit ODE ``τ du/dt = −u + u(σ(u))``
-        (ARCHITECTURE.md §2): explicit Euler with ``dt = τ`` is the discrete iteration.
+        (the settling circuit, docs/architecture.md §2): explicit Euler with ``dt = τ`` is the
+        discrete iteration.
         Forward products come first (a pooling synapse keeps its argmax indices), then the
         transposed products that unpool with them. With dropout ``masks`` (scaled, App. F.3) the
         step is ``s ← σ(m̃ ⊙ ∂(Φ − βℓ)/∂s̃)`` evaluated at ``s̃ = m̃ ⊙ s``: the gradient of ``Φ(m̃ ⊙ s)``.

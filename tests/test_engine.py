@@ -72,7 +72,7 @@ def test_symmetric_ep_matches_bptt(loss, act):
     T = 300
     free = converged_free(net, x, T)
     ref, _, _ = bptt_gradients(net, x, y, T)
-    # the hard sigmoid needs β small enough that no unit crosses a kink (THEORY.md, fact 4)
+    # the hard sigmoid needs β small enough that no unit crosses a kink (docs/theory.md, fact 4)
     beta = 1e-3 if act == "sigmoid4" else 1e-4
     ep = ep_gradients(net, x, y, Symmetric(beta), T, 300, free=free)
     assert ep.nudged.residual.max().item() < 1e-10
@@ -166,7 +166,7 @@ def test_random_sign_draws_both_signs_and_is_one_sided():
 
 
 def test_two_cycle_is_reported_not_hidden():
-    """THEORY.md fact 3: strong coupling makes synchronous updates oscillate; the residual says so.
+    """docs/theory.md, fact 3: strong coupling makes synchronous updates oscillate; the residual says so.
 
     Two units with mutual inhibition w = -3 and bias 1: (0,0) -> (1,1) -> (0,0) -> ... forever.
     """

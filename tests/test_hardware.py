@@ -47,8 +47,8 @@ def _max_diff(a, b):
                                          ("xent", True, "sigmoid4"), ("mse", False, "tanh"),
                                          ("xent", False, Activation("sigmoid3", 3.0, -1.5, "sigmoid"))])
 def test_euler_with_dt_tau_is_the_discrete_iteration(loss, uni, act):
-    """ARCHITECTURE.md §2: with ideal devices and periphery, Euler at dt = τ reproduces the reference to 1e-12, from
-    the reset circuit (activities at the reference's s_0 = 0, also for a sigmoid stage) through both phases; also
+    """docs/architecture.md §2: with ideal devices and periphery, Euler at dt = τ reproduces the reference to 1e-12,
+    from the reset circuit (activities at the reference's s_0 = 0, also for a sigmoid stage) through both phases; also
     with a gain that is not a power of two (not folded into the reads)."""
     hw, ref, x, y = make(loss, uni, act=act)
     assert all(float(s.abs().max()) < 1e-17 for s in (hw.net.act.unit_fn(u) for u in hw.rest_state(3)))
@@ -278,12 +278,15 @@ def test_kp_vf_fires_identical_pulses_into_forward_and_backward_arrays(mode):
 
 
 def test_hardware_refuses_what_it_cannot_map():
-    conv = LayeredNetwork([10], loss="xent", input_shape=(1, 8, 8), conv=[(2, 3, 1)])
-    with pytest.raises(ValueError, match="convolutional"):
-        HardwareNetwork(conv, "ideal")
-    drop = LayeredNetwork([8, 6, 3], loss="xent", dropout=(0.2,))
-    with pytest.raises(ValueError, match="dropout"):
-        HardwareNetwork(drop, "ideal")
+    conv = LayeredNetwork([6, 10], loss="xent", input_shape=(1, 8, 8), conv=[(2, 3, 1), (3, 3, 1)],
+                          unidirectional=True)
+    hwc = HardwareNetwork(conv, "ideal")
+    x = torch.rand(2, 64)
+    free = hwc.settle_phase(x, None, 5)
+    with pytest.raises(ValueError, match="VF rule on convolutional synapses"):
+        hwc.outer_products(x, torch.tensor([1, 2]), free.state, [s.repeat(2, 1, 1, 1) if s.dim() == 4 else
+                                                                 s.repeat(2, 1) for s in free.state],
+                           Symmetric(0.5).plan(), "vf")
     hw, _, x, y = make()
     with pytest.raises(ValueError, match="unknown update mode 'sgd'"):
         hw.apply_update({}, 1, [0.1], mode="sgd")

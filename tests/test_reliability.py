@@ -345,7 +345,9 @@ def test_config_path_messages(tmp_path, capsys):
 def test_compare_rejects_bad_device_and_unsupported_networks_before_training(tmp_path, capsys):
     cfg = Path(__file__).resolve().parents[1] / "configs" / "compare_digits.toml"
     for args, needle in ((["--device", "taox_hfoxx"], "taox_hfoxx"),
-                         (["--set", "model.dropout=[0.1, 0.1]", "--set", "model.layers=[64,32,10]"], "dropout"),
+                         (["--set", "model.conv_channels=[4]", "--set", "model.conv_kernels=[3]", "--set",
+                           "model.layers=[10]", "--set", "model.unidirectional=true", "--set", "ep.rule=vf"],
+                          "\"vf\" on conv"),
                          (["--set", "train.algorithm=bptt"], "BPTT")):
         out = tmp_path / args[-1].replace("/", "_")
         t0 = time.perf_counter()

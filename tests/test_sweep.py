@@ -43,14 +43,14 @@ n_test = 100
 device = "ag_a_si"
 """
 
-# dropout is not simulated on the hardware: those hardware runs raise (and are recorded as failed), their
+# BPTT has no hardware counterpart: those hardware runs raise (and are recorded as failed), their
 # references train
 SWEEP = """base = "base.toml"
 seeds = [0, 1]
 
 [axes]
 "device.max_pulses" = [16, 64]
-"model.dropout" = [[], [0.1]]
+"train.algorithm" = ["ep", "bptt"]
 """
 
 FIELDS = ("status", "kind", "seed", "test_acc", "best_test_acc", "train_acc", "test_loss", "pulses", "energy_J",
@@ -100,16 +100,16 @@ def serial(tmp_path_factory):
 
 def test_serial_sweep_writes_one_row_per_run_and_records_failures(serial):
     counts = serial["counts"]
-    # 2 x 2 points x 2 seeds hardware runs + 2 reference configs (with and without dropout) x 2 seeds
+    # 2 x 2 points x 2 seeds hardware runs + 2 reference configs (EP and BPTT) x 2 seeds
     assert counts["ran"] == 12 and counts["skipped"] == 0
-    assert counts["failed"] == 4  # the hardware runs with dropout, which the hardware does not simulate
+    assert counts["failed"] == 4  # the hardware runs with BPTT, which the hardware does not have
     meta, rows = read_results(serial["out"] / RESULTS)
-    assert [a[0] for a in meta["axes"]] == ["device.max_pulses", "model.dropout"]
+    assert [a[0] for a in meta["axes"]] == ["device.max_pulses", "train.algorithm"]
     assert len(rows) == 12 and len({r["run_id"] for r in rows}) == 12
     for r in rows:
         assert r["attempts"] == 1 and r["finished_at"] >= r["started_at"]
-        if r["kind"] == "hardware" and r["params"]["model.dropout"]:
-            assert r["status"] == "failed" and "dropout" in r["error"] and r["history"] == []
+        if r["kind"] == "hardware" and r["params"]["train.algorithm"] == "bptt":
+            assert r["status"] == "failed" and "BPTT" in r["error"] and r["history"] == []
             continue
         assert r["status"] == "done" and r["error"] is None
         assert len(r["history"]) == 2 and r["test_acc"] == r["history"][-1]["test_acc"]
@@ -122,7 +122,7 @@ def test_serial_sweep_writes_one_row_per_run_and_records_failures(serial):
             assert r["pulses"] is None and "device.max_pulses" not in r["params"]
     refs = [r for r in rows if r["kind"] == "ideal"]
     assert sorted((r["seed"], json.dumps(r["params"])) for r in refs) == sorted(
-        (seed, json.dumps({"model.dropout": d})) for seed in (0, 1) for d in ([], [0.1]))
+        (seed, json.dumps({"train.algorithm": a})) for seed in (0, 1) for a in ("ep", "bptt"))
     # the axes are columns (indexed) of the table
     con = sqlite3.connect(serial["out"] / RESULTS)
     n = con.execute('SELECT count(*) FROM runs WHERE "device.max_pulses" = 64 AND status = \'done\'').fetchone()[0]
@@ -292,7 +292,7 @@ def test_plot_writes_every_figure(serial, tmp_path, capsys):
     out = tmp_path / "fig"
     assert main(["plot", str(serial["out"] / RESULTS), "--out", str(out)]) == 0
     names = {p.name for p in out.iterdir()}
-    for stem in ("accuracy_vs_device_max_pulses", "accuracy_vs_model_dropout", "heatmap", "learning_curves",
+    for stem in ("accuracy_vs_device_max_pulses", "accuracy_vs_train_algorithm", "heatmap", "learning_curves",
                  "cost_vs_accuracy"):
         assert {f"{stem}.png", f"{stem}.svg"} <= names, names
         assert (out / f"{stem}.png").stat().st_size > 5000

@@ -1,4 +1,4 @@
-"""Circuit settling: batched ODE solvers for the node equation of an EP network (ARCHITECTURE.md §2).
+"""Circuit settling: batched ODE solvers for the node equation of an EP network (docs/architecture.md §2).
 
 Each neuron is an integrating node with capacitance ``C`` [F] and leak conductance ``g0`` [S]::
 

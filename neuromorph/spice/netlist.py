@@ -1,4 +1,4 @@
-r"""SPICE netlist of neuromorph's settling circuit (ARCHITECTURE.md §2), from a :class:`HardwareNetwork`.
+r"""SPICE netlist of neuromorph's settling circuit (docs/architecture.md §2), from a :class:`HardwareNetwork`.
 
 Topology (circuits/README.md, circuits/neuromorph.lib), per synapse array ``k`` of ``n_k x (n_{k−1} + 1)``
 differential pairs:
