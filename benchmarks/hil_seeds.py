@@ -53,19 +53,23 @@ def summary(res: dict, config: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default="mnist_784_512_512_10_xent")
+    ap.add_argument("--config", default="mnist_784_512_512_10_xent",
+                    help="a config of configs/hil by name, or the path of a config file")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--n-train", type=int, default=20000)
+    ap.add_argument("--n-train", type=int, default=20000, help="training images (0: the whole training set)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     out = ROOT / "benchmarks/results/hil_seeds.json"
     res = json.loads(out.read_text()) if out.exists() else {}
     card = ROOT / "benchmarks/results/ideal_device_card.toml"
+    path = Path(args.config) if args.config.endswith(".toml") else ROOT / "configs/hil" / f"{args.config}.toml"
+    args.config = path.stem
     for seed in args.seeds:
-        cfg = load_config(ROOT / "configs/hil" / f"{args.config}.toml", [
+        cfg = load_config(path, [
             f"train.seed={seed}", f"train.epochs={args.epochs}", f"train.decay_epochs={args.epochs}",
-            f"data.n_train={args.n_train}", "train.progress=false", "output.checkpoint=false",
+            *([f"data.n_train={args.n_train}"] if args.n_train else []), "train.progress=false",
+            "output.checkpoint=false",
             f'hardware.device="{card}"', "hardware.read_noise=false",
             f'output.dir="{ROOT / "runs/bench/hil_seeds"}"'])
         ref = Trainer(cfg, overwrite=True)

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .activations import ACTIVATIONS
+from .choices import SOLVERS, UPDATE_MODES
 from .estimators import ESTIMATORS, PRECISIONS, RULES
-from .hardware import SOLVERS, UPDATE_MODES
 from .network import LOSSES
 
 __all__ = ["ConfigError", "ModelConfig", "EPConfig", "TrainConfig", "DataConfig", "OutputConfig", "HardwareConfig",

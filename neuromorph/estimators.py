@@ -29,7 +29,7 @@ from .network import Dense, LayeredNetwork
 
 __all__ = ["Estimator", "OneSided", "RandomSign", "Symmetric", "Plan", "EPResult", "ep_gradients",
            "combine_phi_grads", "vector_field_grads", "make_estimator", "ESTIMATORS", "RULES", "check_rule",
-           "PRECISIONS", "stack_phases"]
+           "PRECISIONS", "stack_phases", "readout_error"]
 
 
 @dataclass(frozen=True)
@@ -297,10 +297,15 @@ def estimate_from_states(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, 
         est = vector_field_grads(net, x, free_state, states, coefs, batch, rule)
     grads = [-g for g in est]
     if net.readout is not None:
-        J = len(plan.betas)
         s_last = nudged_state[-1].reshape(nudged_state[-1].shape[0], -1)
-        yo = net.one_hot(y).repeat(J, 1)
-        err = torch.softmax(s_last @ net.readout.t(), -1) - yo  # ∂ℓ/∂(w_out s)
-        w = _rows(plan.readout, batch, s_last)
-        grads.append((err * w).t() @ s_last / batch)
+        grads.append(readout_error(net, s_last @ net.readout.t(), y, plan, batch).t() @ s_last / batch)
     return grads
+
+
+def readout_error(net: LayeredNetwork, logits: torch.Tensor, y: torch.Tensor, plan: Plan,
+                  batch: int) -> torch.Tensor:
+    """The read-out's rule (Eq. 28/29) per phase-stacked row: ``r_j (ŷ_j − y)`` with ``ŷ_j = softmax(logits)``
+    of the nudged phase ``j`` (``∂ℓ/∂(w_out s)``, weighted by the plan's ``readout``); the loss gradient of
+    ``w_out`` is ``Σ_rows error ⊗ s_N / B``."""
+    yo = net.one_hot(y).repeat(len(plan.betas), 1).to(logits.dtype)
+    return (torch.softmax(logits, -1) - yo) * _rows(plan.readout, batch, logits)

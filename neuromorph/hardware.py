@@ -49,18 +49,17 @@ from functools import partial
 
 import torch
 
+from .choices import SOLVERS, UPDATE_MODES
 from .circuit import RK4, Bosh3, Dopri5, Euler, FixedTime, Heun, NodeField, SettleResult, SteadyState, settle
 from .crossbar import CrossbarLayer, Periphery
 from .crossbar.periphery import quantise
 from .crossbar.tile import is_power_of_two
 from .devices import DeviceCard, load_card
-from .estimators import Plan, check_rule, stack_phases
+from .estimators import Plan, check_rule, readout_error, stack_phases
 from .network import ConvPool, Dense, LayeredNetwork
 
 __all__ = ["HardwareNetwork", "PhaseResult", "SOLVERS", "UPDATE_MODES", "make_solver"]
 
-SOLVERS = ("euler", "heun", "rk4", "bosh3", "dopri5")
-UPDATE_MODES = ("stochastic_rounding", "deterministic", "manhattan", "pulse_train")
 
 State = list[torch.Tensor]
 
@@ -512,7 +511,6 @@ class HardwareNetwork:
         check_rule(self.net, rule)
         batch = x.shape[0]
         free, nudged = self.read_activities(free), self.read_activities(nudged)
-        dt = free[0].dtype
         J = len(plan.betas)
         states, coefs = stack_phases(free, nudged, plan, batch)
         M = states[0].shape[0] // batch
@@ -537,11 +535,9 @@ class HardwareNetwork:
             rows[name] = fw
             if has_back:
                 rows[f"{name}_back"] = (fw[0][:, :-1] if syn.bias else fw[0], fw[1])
-        if self.readout_array is not None:
-            last = nudged[-1].reshape(J * batch, -1)
-            err = torch.softmax(self.logits(nudged), -1) - self.net.one_hot(y).repeat(J, 1).to(dt)
-            r = torch.tensor(plan.readout, dtype=dt, device=x.device).repeat_interleave(batch).unsqueeze(1)
-            rows["w_out"] = (last, -r * err)
+        if self.readout_array is not None:  # the read-out's error, its logits read from the read-out array
+            rows["w_out"] = (nudged[-1].reshape(J * batch, -1),
+                             readout_error(self.net, self.logits(nudged), y, plan, batch).neg_())
         return rows
 
     def _rows_of(self, k: int, pre: torch.Tensor, post: torch.Tensor, *, bias: bool = True,
@@ -600,10 +596,7 @@ class HardwareNetwork:
 
     def lr_of(self, lrs: Sequence[float]) -> dict[str, float]:
         """Learning rate per array: one per synapse layer (shared by ``w^f`` and ``w^b``), then the read-out."""
-        n_groups = len(self.net.groups)
-        lrs = list(lrs) * n_groups if len(lrs) == 1 else list(lrs)
-        if len(lrs) != n_groups:
-            raise ValueError(f"{len(lrs)} learning rates for {n_groups} layers of weights (one, or one per layer)")
+        lrs = self.net.layer_rates(lrs)
         out = {}
         for k in range(len(self.net.synapses)):
             out[f"w{k + 1}"] = out[f"w{k + 1}_back"] = lrs[k]

@@ -126,7 +126,7 @@ class HardwareTrainer:
         cfg, ref, hw = self.cfg, self.ref, self.hw
         tc, ec, h = cfg.train, cfg.ep, cfg.hardware
         lrs = [learning_rate(epoch, lr, tc.lr_final, tc.decay_epochs, tc.after_decay)
-               for lr in (tc.lr * len(self.net.groups) if len(tc.lr) == 1 else tc.lr)]
+               for lr in self.net.layer_rates(tc.lr)]
         order_gen, sign_gen, aug_gen = ref._generator(epoch, 0), ref._generator(epoch, 1), ref._generator(epoch, 2)
         drop_gen = ref._generator(epoch, 3)
         net = self.net

@@ -358,6 +358,17 @@ class LayeredNetwork(nn.Module):
     def device(self) -> torch.device:
         return self.params[0].device
 
+    def layer_rates(self, lrs: Sequence[float]) -> list[float]:
+        """One learning rate per layer of weights (each synapse layer, with its backward weights, then the
+        read-out) from ``train.lr``: one value for all, or one per layer."""
+        n = len(self.groups)
+        lrs = list(lrs) * n if len(lrs) == 1 else list(lrs)
+        if len(lrs) != n:
+            raise ValueError(f"train.lr has {len(lrs)} values but the network has {n} layers of weights "
+                             f"({len(self.synapses)} synapse layers{' + read-out' if self.readout is not None else ''})"
+                             "; give one value or one per layer")
+        return lrs
+
     def param_list(self) -> list[torch.Tensor]:
         """Parameters in the fixed order ``[w_1, b_1, w_2, b_2, …, (w_out)]``."""
         return list(self._plist)

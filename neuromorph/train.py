@@ -102,14 +102,7 @@ def build_network(cfg: RunConfig, n_features: int, n_classes: int,
 def make_optimizer(net: LayeredNetwork, cfg: RunConfig) -> torch.optim.Optimizer:
     """SGD with momentum or Adam, one parameter group per synapse layer (then the read-out)."""
     tc = cfg.train
-    n = len(net.groups)
-    lrs = list(tc.lr)
-    if len(lrs) == 1:
-        lrs = lrs * n
-    if len(lrs) != n:
-        raise ValueError(f"train.lr has {len(lrs)} values but the network has {n} layers of weights "
-                         f"({len(net.synapses)} synapse layers{' + read-out' if net.readout is not None else ''}); "
-                         "give one value or one per layer")
+    lrs = net.layer_rates(tc.lr)
     groups = [{"params": g, "lr": lr, "lr0": lr} for g, lr in zip(net.groups, lrs)]
     if tc.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lrs[0], momentum=tc.momentum, weight_decay=tc.weight_decay,

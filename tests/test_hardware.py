@@ -290,7 +290,7 @@ def test_hardware_refuses_what_it_cannot_map():
     hw, _, x, y = make()
     with pytest.raises(ValueError, match="unknown update mode 'sgd'"):
         hw.apply_update({}, 1, [0.1], mode="sgd")
-    with pytest.raises(ValueError, match="2 learning rates for 3 layers"):
+    with pytest.raises(ValueError, match="train.lr has 2 values but the network has 3 layers"):
         hw.lr_of([0.1, 0.2])
     free, nudged, plan = _phases(hw, x, y, Symmetric(0.5))
     rows = hw.outer_products(x, y, free.state, nudged, plan, "ep")
