@@ -48,12 +48,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads e
     from .devices.cards import card_from_dict
     from .estimators import OneSided, RandomSign, Symmetric, ep_gradients, make_estimator
     from .hardware import HardwareNetwork
-    from .hil import HardwareTrainer, hardware_from_config, periphery_from_config
+    from .hil import HardwareSubstrate, HardwareTrainer, hardware_from_config, periphery_from_config
     from .network import LayeredNetwork
     from .spice import build_netlist, export_netlist
     from .sweep import SweepError, load_sweep, read_results, run_sweep
     from .train import (
         CheckpointError,
+        IdealSubstrate,
         RunExists,
         Trainer,
         TrainingDiverged,
@@ -69,8 +70,8 @@ __all__ = [
     "RunConfig", "ModelConfig", "EPConfig", "TrainConfig", "DataConfig", "OutputConfig", "HardwareConfig",
     "ConfigError", "load_config", "config_from_dict", "config_to_dict", "dump_toml",
     # the ideal reference: network, training, evaluation, checkpoints, EP estimators, data
-    "LayeredNetwork", "Trainer", "evaluate", "build_network", "load_checkpoint", "network_from_checkpoint",
-    "TrainingDiverged", "CheckpointError", "RunExists",
+    "LayeredNetwork", "Trainer", "IdealSubstrate", "evaluate", "build_network", "load_checkpoint",
+    "network_from_checkpoint", "TrainingDiverged", "CheckpointError", "RunExists",
     "make_estimator", "Symmetric", "OneSided", "RandomSign", "ep_gradients",
     "load_dataset", "Dataset", "DatasetError",
     # devices and crossbars
@@ -78,7 +79,7 @@ __all__ = [
     "DeviceArray", "pulse_response",
     "CrossbarLayer", "CrossbarTile", "DifferentialArray", "Periphery",
     # the simulated hardware and hardware-in-the-loop training
-    "HardwareNetwork", "HardwareTrainer", "hardware_from_config", "periphery_from_config",
+    "HardwareNetwork", "HardwareTrainer", "HardwareSubstrate", "hardware_from_config", "periphery_from_config",
     # SPICE export and sweeps
     "build_netlist", "export_netlist",
     "load_sweep", "run_sweep", "read_results", "SweepError",
@@ -89,7 +90,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "config": ("RunConfig", "ModelConfig", "EPConfig", "TrainConfig", "DataConfig", "OutputConfig", "HardwareConfig",
                "ConfigError", "load_config", "config_from_dict", "config_to_dict", "dump_toml"),
     "network": ("LayeredNetwork",),
-    "train": ("Trainer", "evaluate", "build_network", "load_checkpoint", "network_from_checkpoint",
+    "train": ("Trainer", "IdealSubstrate", "evaluate", "build_network", "load_checkpoint", "network_from_checkpoint",
               "TrainingDiverged", "CheckpointError", "RunExists"),
     "estimators": ("make_estimator", "Symmetric", "OneSided", "RandomSign", "ep_gradients"),
     "data": ("load_dataset", "Dataset", "DatasetError"),
@@ -98,7 +99,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "devices.cards": ("card_from_dict",),
     "crossbar": ("CrossbarLayer", "CrossbarTile", "DifferentialArray", "Periphery"),
     "hardware": ("HardwareNetwork",),
-    "hil": ("HardwareTrainer", "hardware_from_config", "periphery_from_config"),
+    "hil": ("HardwareTrainer", "HardwareSubstrate", "hardware_from_config", "periphery_from_config"),
     "spice": ("build_netlist", "export_netlist"),
     "sweep": ("load_sweep", "run_sweep", "read_results", "SweepError"),
 }

@@ -1,42 +1,41 @@
 """Hardware-in-the-loop training and its comparison with the ideal reference (``neuromorph compare``).
 
-:class:`HardwareTrainer` trains the :class:`~neuromorph.hardware.HardwareNetwork` of a config on exactly what the
-ideal :class:`~neuromorph.train.Trainer` of the same config sees: the same initial weights (the reference's
-initialisation, mapped onto conductances; the representable fraction is reported), the same data order,
-augmentation and random signs (the same per-epoch generator streams), the same learning-rate schedule. Its
-phases settle as circuits on the arrays and its updates are programming pulses; it is evaluated on the hardware,
-with its noise. Dense and convolutional networks, dropout (the reference's masks, gating the neurons in every
-phase) and the unidirectional KP-VF nets run on hardware. What the hardware does not have: momentum (a crossbar
-holds no velocity; a config with ``train.momentum > 0`` gives the reference momentum and the hardware none:
-:func:`compare` says so).
+:class:`HardwareSubstrate` is the hardware substrate of the one :class:`~neuromorph.train.Trainer`:
+:func:`HardwareTrainer` trains the :class:`~neuromorph.hardware.HardwareNetwork` of a config with the same training
+loop as the ideal reference of the same config, on exactly what it sees: the same initial weights (the
+reference's initialisation, mapped onto conductances; the representable fraction is reported), the same data
+order, augmentation, dropout masks and random signs (the same per-epoch generator streams), the same
+learning-rate schedule. Its phases settle as circuits on the arrays and its updates are programming pulses; it is
+evaluated on the hardware, with its noise. Dense and convolutional networks, dropout (the masks gate the neurons
+in every phase) and the unidirectional KP-VF nets run on hardware. What the hardware does not have: momentum (a
+crossbar holds no velocity; a config with ``train.momentum > 0`` gives the reference momentum and the hardware
+none: :func:`compare` says so).
 
-Per epoch it records, besides accuracies and losses: pulses, refreshes, reads and energy spent in the epoch,
-the fraction of saturated devices, mean settling time (in τ) and solver steps per phase, and the fraction of
-samples whose free phase did not settle.
+Per epoch it records, besides accuracies and losses: pulses, refreshes, reads and energy spent in the epoch's
+training (evaluation excluded), the fraction of saturated devices, mean settling time (in τ) and solver steps per
+phase, and the fraction of samples whose free phase did not settle.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
-from .config import RunConfig, dump_toml
+from .config import RunConfig
 from .crossbar import Periphery
 from .data import Dataset, iterate_batches
 from .devices import DeviceCard, load_card
 from .estimators import _rows, make_estimator
 from .hardware import HardwareNetwork, make_solver
-from .runio import RunLock, json_line, json_safe
-from .train import METRICS, Trainer, learning_rate
+from .runio import RunLock, json_safe
+from .train import Trainer
 
-__all__ = ["HardwareTrainer", "hardware_from_config", "periphery_from_config", "compare"]
+__all__ = ["HardwareTrainer", "HardwareSubstrate", "hardware_from_config", "periphery_from_config", "compare"]
 
 
 def periphery_from_config(cfg: RunConfig) -> Periphery:
@@ -60,36 +59,37 @@ def hardware_from_config(cfg: RunConfig, net, periphery: Periphery | None = None
                            reread_input=h.reread_input, generator=torch.Generator().manual_seed(h.seed))
 
 
-@dataclass
-class HardwareTrainer:
-    """Train ``cfg`` on the simulated hardware of ``cfg.hardware``; ``fit()`` returns the history."""
+class HardwareSubstrate:
+    """The simulated-hardware substrate of a :class:`~neuromorph.train.Trainer` (the ideal one is
+    :class:`~neuromorph.train.IdealSubstrate`, with the same interface).
 
-    cfg: RunConfig
-    dataset: Dataset | None = None
-    out: Path | None = None
-    card: DeviceCard | None = None
-    """The device card (built in Python); default: ``cfg.hardware.device`` (a preset name or a card file)."""
+    The trainer's network (the reference's initial weights) is mapped onto the arrays of ``cfg.hardware`` (or of
+    ``card``) and becomes the shadow of the programmed weights; per batch the phases settle as circuits on the
+    arrays (with the trainer's dropout masks gating the neurons), the local rule of every array is computed from
+    the ADC-read steady states and programmed as pulses, and the loss and prediction are read from the hardware.
+    Per epoch it reports pulses, refreshes, reads and energy of the training (evaluation excluded), the saturated
+    fraction, and the mean settling time (τ) and solver steps per phase. It writes no checkpoint.
+    """
 
-    def __post_init__(self):
-        cfg = self.cfg
+    checkpoints = False
+
+    def __init__(self, trainer: Trainer, card: DeviceCard | None = None) -> None:
+        cfg = trainer.cfg
         if cfg.train.algorithm != "ep":
             raise ValueError(f"train.algorithm = {cfg.train.algorithm!r}: the hardware trains with EP (local "
                              "updates); BPTT has no hardware counterpart here")
         if cfg.ep.rule == "vf" and cfg.model.conv_channels:
             raise ValueError("ep.rule = \"vf\" on convolutional synapses is not simulated on hardware; use "
                              "ep.rule = \"kp_vf\"")
-        # the reference's own set-up: data, normalisation, initial weights, generator streams
-        self.ref = Trainer(replace(cfg, output=replace(cfg.output, checkpoint=False)), dataset=self.dataset)
-        self.dataset = self.ref.dataset
+        self.trainer, self.cfg = trainer, cfg
         h = cfg.hardware
-        self.hw = hardware_from_config(cfg, self.ref.net, card=self.card)
+        self.hw = hardware_from_config(cfg, trainer.net, card=card)
         self.net = self.hw.net
+        self.label = f"hardware {self.hw.card.name}"
         # Euler at dt = τ is the plain iteration (HardwareNetwork.settle_phase's fast path when solver is None)
         euler_tau = h.solver == "euler" and h.dt_tau == 1.0
         self.solver = None if euler_tau else make_solver(h.solver, h.dt_tau, self.hw.tau, h.rtol, h.atol)
         self.estimator = make_estimator(cfg.ep.estimator, cfg.ep.beta)
-        self.out = Path(self.out or cfg.output.dir)
-        self.history: list[dict] = []
 
     # ------------------------------------------------------------------ phases
     def _free(self, x: torch.Tensor, masks: list | None = None):
@@ -122,89 +122,72 @@ class HardwareTrainer:
         return -(yo * torch.log_softmax(logits, -1)).sum(-1)
 
     # ------------------------------------------------------------------ training
-    def train_epoch(self, epoch: int) -> dict:
-        cfg, ref, hw = self.cfg, self.ref, self.hw
-        tc, ec, h = cfg.train, cfg.ep, cfg.hardware
-        lrs = [learning_rate(epoch, lr, tc.lr_final, tc.decay_epochs, tc.after_decay)
-               for lr in self.net.layer_rates(tc.lr)]
-        order_gen, sign_gen, aug_gen = ref._generator(epoch, 0), ref._generator(epoch, 1), ref._generator(epoch, 2)
-        drop_gen = ref._generator(epoch, 3)
-        net = self.net
-        n = ref.x_train.shape[0]
-        n_batches = math.ceil(n / tc.batch_size)
-        before = hw.stats()
-        correct, loss_sum, bad, settle_t, steps, phases = 0, 0.0, 0, 0.0, 0, 0
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs} [hardware {h.device}]", leave=False,
-                   disable=None if tc.progress else True, mininterval=0.5)
-        t0 = time.perf_counter()
-        for i, (xb, yb) in enumerate(iterate_batches(ref.x_train, ref.y_train, tc.batch_size, shuffle=True,
-                                                     generator=order_gen)):
-            xb = ref.prepare_batch(xb, aug_gen)
-            B = xb.shape[0]
-            masks = net.sample_dropout_masks(B, drop_gen)  # the reference's masks: gated in every phase
-            free = self._free(xb, masks)
-            plan = self.estimator.plan(sign_gen)
-            J = len(plan.betas)
-            xJ = xb.repeat(J, *([1] * (xb.dim() - 1)))
-            u0 = [u.repeat(J, *([1] * (u.dim() - 1))) for u in free.u]
-            masksJ = None if masks is None else [None if m is None else m.repeat(J, *([1] * (m.dim() - 1)))
-                                                 for m in masks]
-            nudged = hw.settle_phase(xJ, u0, ec.K, y=yb.repeat(J), beta=_rows(plan.betas, B, free.state[0]),
-                                     solver=self.solver, tol=h.settle_tol or None, after=free, masks=masksJ)
-            free_s = net.masked(free.state, masks)
-            rows = hw.outer_products(xb, yb, free_s, net.masked(nudged.state, masksJ), plan, ec.rule)
-            hw.apply_update(rows, B, lrs, mode=h.update, leakage=tc.weight_decay, threshold=h.manhattan_threshold,
-                            refresh_threshold=h.refresh_threshold, shared=hw.shared_arrays(ec.rule))
-            logits = hw.logits(free_s)
-            batch_loss = float(self._loss(logits, free_s, yb).sum())
-            if not math.isfinite(batch_loss):
-                raise RuntimeError(f"non-finite loss on the hardware at epoch {epoch + 1}, batch {i + 1}")
-            loss_sum += batch_loss
-            correct += int((logits.argmax(-1) == yb).sum())
-            bad += int((~self._converged(free)).sum())
-            for r in (free.settle, nudged.settle):
-                settle_t += float(r.t) / hw.tau
-                steps += r.n_steps
-                phases += 1
-            bar.update(1)
-        bar.close()
-        train_time = time.perf_counter() - t0
-        test = self.evaluate(ref.x_test, ref.y_test)
-        after = hw.stats()
-        m = {"epoch": epoch + 1, "lr": lrs, "train_acc": correct / n, "train_loss": loss_sum / n,
-             "train_nonconverged": bad / n, "test_acc": test["acc"], "test_loss": test["loss"],
-             "test_nonconverged": test["nonconverged"], "train_time_s": train_time, "samples_per_s": n / train_time,
-             "pulses": after["pulses"] - before["pulses"],
-             "pulses_per_device": (after["pulses"] - before["pulses"]) / after["devices"],
-             "refreshes": after["refreshes"] - before["refreshes"],
-             "reads": after["reads"] - before["reads"], "energy_J": after["energy_J"] - before["energy_J"],
-             "saturated_fraction": after["saturated_fraction"], "settling_time_tau": settle_t / max(phases, 1),
-             "solver_steps": steps / max(phases, 1)}
-        if self.net.unidirectional:
-            m["angles"] = self.net.alignment_angles()
-        return m
+    def begin_epoch(self, lrs: list[float]) -> None:
+        self.lrs = lrs
+        self.before = self.hw.stats()
+        self.settle_t, self.steps, self.phases = 0.0, 0, 0
 
-    def fit(self, log=print) -> list[dict]:
-        cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.toml").write_text(dump_toml(cfg))
-        (self.out / "mapping.json").write_text(json.dumps(
+    @torch.no_grad()
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, masks, sign_gen: torch.Generator, where: str):
+        hw, net = self.hw, self.net
+        tc, ec, h = self.cfg.train, self.cfg.ep, self.cfg.hardware
+        B = xb.shape[0]
+        free = self._free(xb, masks)
+        plan = self.estimator.plan(sign_gen)
+        J = len(plan.betas)
+        xJ = xb.repeat(J, *([1] * (xb.dim() - 1)))
+        u0 = [u.repeat(J, *([1] * (u.dim() - 1))) for u in free.u]
+        masksJ = None if masks is None else [None if m is None else m.repeat(J, *([1] * (m.dim() - 1)))
+                                             for m in masks]
+        nudged = hw.settle_phase(xJ, u0, ec.K, y=yb.repeat(J), beta=_rows(plan.betas, B, free.state[0]),
+                                 solver=self.solver, tol=h.settle_tol or None, after=free, masks=masksJ)
+        free_s = net.masked(free.state, masks)
+        rows = hw.outer_products(xb, yb, free_s, net.masked(nudged.state, masksJ), plan, ec.rule)
+        hw.apply_update(rows, B, self.lrs, mode=h.update, leakage=tc.weight_decay, threshold=h.manhattan_threshold,
+                        refresh_threshold=h.refresh_threshold, shared=hw.shared_arrays(ec.rule))
+        logits = hw.logits(free_s)
+        batch_loss = self._loss(logits, free_s, yb).sum()
+        self.trainer.check_loss(batch_loss, where)
+        for r in (free.settle, nudged.settle):
+            self.settle_t += float(r.t) / hw.tau
+            self.steps += r.n_steps
+            self.phases += 1
+        return logits, batch_loss, (~self._converged(free)).sum()
+
+    def end_epoch(self) -> dict:
+        before, after = self.before, self.hw.stats()
+        return {"pulses": after["pulses"] - before["pulses"],
+                "pulses_per_device": (after["pulses"] - before["pulses"]) / after["devices"],
+                "refreshes": after["refreshes"] - before["refreshes"],
+                "reads": after["reads"] - before["reads"], "energy_J": after["energy_J"] - before["energy_J"],
+                "saturated_fraction": after["saturated_fraction"],
+                "settling_time_tau": self.settle_t / max(self.phases, 1),
+                "solver_steps": self.steps / max(self.phases, 1)}
+
+    def describe(self, out: Path) -> None:
+        """``mapping.json``: the representable fraction of the initial weights per array, g0, τ, the arrays."""
+        (out / "mapping.json").write_text(json.dumps(
             {"representable_fraction": self.hw.representable, "g0_S": self.hw.g0, "tau_s": self.hw.tau,
              "device": self.hw.card.name, "arrays": {k: repr(a) for k, a in self.hw.arrays().items()}}, indent=1))
-        metrics = self.out / METRICS
-        metrics.write_text("")
-        for epoch in range(cfg.train.epochs):
-            m = self.train_epoch(epoch)
-            self.history.append(m)
-            with open(metrics, "a") as f:
-                f.write(json_line(m))
-                f.flush()
-                os.fsync(f.fileno())
-            if log:
-                log(f"[{cfg.name} on {self.hw.card.name}] epoch {m['epoch']:>3}/{cfg.train.epochs}  train acc "
-                    f"{m['train_acc']:.4f}  test acc {m['test_acc']:.4f}  pulses {m['pulses']:.3g}  "
-                    f"energy {m['energy_J']:.3g} J  {m['train_time_s']:.1f}s")
-        return self.history
+
+    def epoch_line(self, m: dict) -> str:
+        return (f"[{self.cfg.name} on {self.hw.card.name}] epoch {m['epoch']:>3}/{self.cfg.train.epochs}  train acc "
+                f"{m['train_acc']:.4f}  test acc {m['test_acc']:.4f}  pulses {m['pulses']:.3g}  "
+                f"energy {m['energy_J']:.3g} J  {m['train_time_s']:.1f}s")
+
+
+def HardwareTrainer(cfg: RunConfig, dataset: Dataset | None = None, out: str | Path | None = None,
+                    card: DeviceCard | None = None, overwrite: bool = True) -> Trainer:
+    """A :class:`~neuromorph.train.Trainer` of ``cfg`` on the simulated hardware (:class:`HardwareSubstrate`):
+    the same training loop, data order, initial weights, dropout masks, random signs and schedule as the ideal
+    reference of ``cfg``. ``out`` overrides ``cfg.output.dir``; ``card`` (a :class:`DeviceCard` built in Python)
+    ``cfg.hardware.device``. A hardware run writes no checkpoint (it cannot be resumed), so its directory is
+    replaced by default (``overwrite``). ``.hw`` is the :class:`HardwareNetwork`."""
+    if out is not None:
+        cfg = replace(cfg, output=replace(cfg.output, dir=str(out)))
+    tr = Trainer(cfg, dataset=dataset, overwrite=overwrite, substrate=partial(HardwareSubstrate, card=card))
+    tr.hw = tr.sub.hw
+    return tr
 
 
 def compare(cfg: RunConfig, out: str | Path, log=print, card: DeviceCard | None = None) -> dict:
@@ -228,7 +211,7 @@ def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None) -> dict:
         notes.append(f"the reference uses momentum {cfg.train.momentum}; the hardware update has none")
     # the hardware side is built first: a device name, card or network it cannot simulate is refused before
     # any training (its set-up loads the data and maps the initial weights; the reference reuses the data)
-    hwt = HardwareTrainer(replace(cfg, output=replace(cfg.output, dir=str(out / "hardware"))), card=card)
+    hwt = HardwareTrainer(cfg, out=out / "hardware", card=card)
     ideal_cfg = replace(cfg, output=replace(cfg.output, dir=str(out / "ideal")))
     ideal = Trainer(ideal_cfg, dataset=hwt.dataset, overwrite=True)  # compare replaces its own earlier results
     t0 = time.perf_counter()  # timed from here: loading the data is not training

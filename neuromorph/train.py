@@ -13,8 +13,10 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -27,9 +29,9 @@ from .estimators import ep_gradients, make_estimator
 from .network import LayeredNetwork
 from .runio import LOCK, RunLock, atomic_write, json_line
 
-__all__ = ["TrainingDiverged", "CheckpointError", "RunExists", "Trainer", "build_network", "make_optimizer",
-           "learning_rate", "evaluate", "load_checkpoint", "save_checkpoint", "network_from_checkpoint",
-           "load_model_state", "find_run", "check_run_dir", "RESUMABLE_KEYS"]
+__all__ = ["TrainingDiverged", "CheckpointError", "RunExists", "Trainer", "IdealSubstrate", "build_network",
+           "make_optimizer", "learning_rate", "evaluate", "load_checkpoint", "save_checkpoint",
+           "network_from_checkpoint", "load_model_state", "find_run", "check_run_dir", "RESUMABLE_KEYS"]
 
 CHECKPOINT = "checkpoint.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
@@ -288,15 +290,82 @@ def find_run(out: Path) -> str | None:
     return None
 
 
+class IdealSubstrate:
+    """The ideal reference substrate of a :class:`Trainer`: exact, autograd-free relaxations
+    (:func:`~neuromorph.dynamics.relax`), the EP estimate (:func:`~neuromorph.estimators.ep_gradients`) or BPTT,
+    and one ``torch.optim`` step (SGD with momentum or Adam) per batch.
+
+    A substrate is what :class:`Trainer` talks to per batch and per epoch (the hardware one is
+    :class:`~neuromorph.hil.HardwareSubstrate`): ``begin_epoch(lrs)``, ``step(xb, yb, masks, sign_gen, where)``
+    (the phases and the update of one batch; returns the logits, the summed loss and the count of samples whose
+    free phase did not converge), ``end_epoch()`` (the epoch's extra metrics), ``evaluate(x, y)``.
+    """
+
+    checkpoints = True
+    """Its state (weights and optimizer) goes into the run's checkpoint, so its runs resume."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        cfg = trainer.cfg
+        self.trainer, self.cfg, self.net = trainer, cfg, trainer.net
+        self.label = cfg.train.algorithm
+        self.optimizer = make_optimizer(self.net, cfg)
+        self.estimator = make_estimator(cfg.ep.estimator, cfg.ep.beta)
+        self.params = self.net.param_list()
+
+    def begin_epoch(self, lrs: list[float]) -> None:
+        for g, lr in zip(self.optimizer.param_groups, lrs):
+            g["lr"] = lr
+
+    def step(self, xb: torch.Tensor, yb: torch.Tensor, masks, sign_gen: torch.Generator, where: str):
+        net, tc, ec = self.net, self.cfg.train, self.cfg.ep
+        if tc.algorithm == "ep":
+            res = ep_gradients(net, xb, yb, self.estimator, ec.T, ec.K, generator=sign_gen, masks=masks,
+                               rule=ec.rule, precision=tc.precision)
+            grads, state = res.grads, net.masked(res.free.state, masks)
+            bad = (~res.free.converged(ec.convergence_tol)).sum()
+            with torch.no_grad():
+                batch_loss = net.loss(state, yb).sum()
+        else:
+            grads, batch_loss, state = bptt_gradients(net, xb, yb, ec.T, masks=masks)
+            state = net.masked(state, masks)
+            batch_loss, bad = batch_loss * xb.shape[0], None
+        self.trainer.check_loss(batch_loss, where)
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        self.optimizer.step()
+        return net.logits(state), batch_loss, bad
+
+    def end_epoch(self) -> dict:
+        if not all(torch.isfinite(p).all() for p in self.params):
+            raise TrainingDiverged(f"non-finite weights after epoch {self.trainer.epoch + 1}: lower the learning "
+                                   "rates")
+        return {}
+
+    def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict:
+        ec = self.cfg.ep
+        return evaluate(self.net, x, y, ec.T, self.cfg.train.eval_batch_size, ec.convergence_tol)
+
+    def describe(self, out: Path) -> None:
+        """Files the substrate writes beside the run's config (none for the ideal reference)."""
+
+
 @dataclass
 class Trainer:
-    """Train one configuration; ``fit()`` runs the remaining epochs and returns the history."""
+    """Train one configuration on a substrate; ``fit()`` runs the remaining epochs and returns the history.
+
+    One training loop for both substrates: the data order, augmentation, dropout masks and random signs come from
+    per-epoch generator streams (:meth:`_generator`), the learning rates from the cosine schedule, and the
+    substrate (default :class:`IdealSubstrate`; :class:`~neuromorph.hil.HardwareSubstrate` for
+    hardware-in-the-loop) runs each batch's phases and update.
+    """
 
     cfg: RunConfig
     dataset: Dataset | None = None
     resume: bool = False
     overwrite: bool = False
     """Replace a run found in ``cfg.output.dir`` (otherwise :class:`RunExists` is raised unless resuming)."""
+    substrate: Callable[[Trainer], Any] | None = None
+    """Builds the substrate from this trainer (its network, data and config); ``None``: :class:`IdealSubstrate`."""
 
     def __post_init__(self):
         cfg = self.cfg
@@ -324,14 +393,26 @@ class Trainer:
         if dc.normalize:
             self._stats = tuple(t.to(dev, dt) for t in channel_stats(ds.x_train))
             self.x_test = normalize(self.x_test.view(-1, *ds.input_shape), *self._stats).reshape(len(ds.x_test), -1)
-        self.optimizer = make_optimizer(self.net, cfg)
-        self.estimator = make_estimator(cfg.ep.estimator, cfg.ep.beta)
+        self.epoch, self._lrs = 0, list(cfg.train.lr)
+        self.sub = (self.substrate or IdealSubstrate)(self)
+        self.net = self.sub.net
+        if self.resume and not self.sub.checkpoints:
+            raise CheckpointError(f"the {self.sub.label} substrate writes no checkpoint: its runs cannot be resumed")
         self.history: list[dict] = []
         self.resumes: list[dict] = []
         self._changed: dict = {}
         self.start_epoch = 0
         if self.resume:
             self._resume()
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The ideal substrate's optimizer."""
+        return self.sub.optimizer
+
+    @property
+    def estimator(self):
+        return self.sub.estimator
 
     # ------------------------------------------------------------------ persistence
     def _payload(self, epoch: int) -> dict:
@@ -397,62 +478,54 @@ class Trainer:
                 xb = normalize(xb, *self._stats)
         return xb
 
+    def check_loss(self, batch_loss: torch.Tensor, where: str) -> None:
+        """Stop on a non-finite loss, naming the epoch, the batch and the rates."""
+        if not torch.isfinite(batch_loss):
+            raise TrainingDiverged(f"non-finite loss at {where} ({self.sub.label}, lr={self._lrs}, "
+                                   f"beta={self.cfg.ep.beta}): "
+                                   "lower the learning rates or beta, or check the data")
+
     def train_epoch(self, epoch: int) -> dict:
-        cfg, net, opt = self.cfg, self.net, self.optimizer
-        tc, ec = cfg.train, cfg.ep
-        for g in opt.param_groups:
-            g["lr"] = learning_rate(epoch, g["lr0"], tc.lr_final, tc.decay_epochs, tc.after_decay)
+        cfg, net, sub = self.cfg, self.net, self.sub
+        tc = cfg.train
+        self.epoch = epoch
+        self._lrs = lrs = [learning_rate(epoch, lr, tc.lr_final, tc.decay_epochs, tc.after_decay)
+                           for lr in net.layer_rates(tc.lr)]
         order_gen, sign_gen, aug_gen = self._generator(epoch, 0), self._generator(epoch, 1), self._generator(epoch, 2)
         drop_gen = self._generator(epoch, 3)
-        params = net.param_list()
+        sub.begin_epoch(lrs)
         n = self.x_train.shape[0]
         n_batches = math.ceil(n / tc.batch_size)
         correct = torch.zeros((), dtype=torch.long, device=net.device)
         loss_sum = torch.zeros((), dtype=net.dtype, device=net.device)
         bad = torch.zeros((), dtype=torch.long, device=net.device)
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs} [{tc.algorithm}]", leave=False,
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{tc.epochs} [{sub.label}]", leave=False,
                    disable=None if tc.progress else True, mininterval=0.5)  # None: off when not a tty
         t0 = time.perf_counter()
         for i, (xb, yb) in enumerate(iterate_batches(self.x_train, self.y_train, tc.batch_size, shuffle=True,
                                                      generator=order_gen)):
             xb = self.prepare_batch(xb, aug_gen)
             masks = net.sample_dropout_masks(xb.shape[0], drop_gen)
-            if tc.algorithm == "ep":
-                res = ep_gradients(net, xb, yb, self.estimator, ec.T, ec.K, generator=sign_gen, masks=masks,
-                                   rule=ec.rule, precision=tc.precision)
-                grads, state = res.grads, net.masked(res.free.state, masks)
-                bad += (~res.free.converged(ec.convergence_tol)).sum()
-                with torch.no_grad():
-                    batch_loss = net.loss(state, yb).sum()
-            else:
-                grads, batch_loss, state = bptt_gradients(net, xb, yb, ec.T, masks=masks)
-                state = net.masked(state, masks)
-                batch_loss = batch_loss * xb.shape[0]
-            if not torch.isfinite(batch_loss):
-                raise TrainingDiverged(
-                    f"non-finite loss at epoch {epoch + 1}, batch {i + 1}/{n_batches} "
-                    f"({tc.algorithm}, lr={[g['lr'] for g in opt.param_groups]}, beta={ec.beta}): "
-                    "lower the learning rates or beta, or check the data")
-            for p, g in zip(params, grads):
-                p.grad = g
-            opt.step()
+            logits, batch_loss, n_bad = sub.step(xb, yb, masks, sign_gen, f"epoch {epoch + 1}, batch {i + 1}/"
+                                                                          f"{n_batches}")
             loss_sum += batch_loss.detach()
-            correct += (net.predict(state) == yb).sum()
+            correct += (logits.argmax(-1) == yb).sum()
+            if n_bad is not None:
+                bad += n_bad
             bar.update(1)
             if i % 50 == 0:
                 bar.set_postfix(train_acc=f"{int(correct) / min(n, (i + 1) * tc.batch_size):.3f}")
         bar.close()
         train_time = time.perf_counter() - t0
-        if not all(torch.isfinite(p).all() for p in params):
-            raise TrainingDiverged(f"non-finite weights after epoch {epoch + 1}: lower the learning rates")
+        extras = sub.end_epoch()
         t1 = time.perf_counter()
-        test = evaluate(net, self.x_test, self.y_test, ec.T, tc.eval_batch_size, ec.convergence_tol)
-        return {"epoch": epoch + 1, "lr": [g["lr"] for g in opt.param_groups],
+        test = sub.evaluate(self.x_test, self.y_test)
+        return {"epoch": epoch + 1, "lr": lrs,
                 "train_acc": int(correct) / n, "train_loss": float(loss_sum) / n,
                 "train_nonconverged": int(bad) / n if tc.algorithm == "ep" else None,
                 "test_acc": test["acc"], "test_loss": test["loss"], "test_nonconverged": test["nonconverged"],
                 "train_time_s": train_time, "samples_per_s": n / train_time,
-                "eval_time_s": time.perf_counter() - t1,
+                "eval_time_s": time.perf_counter() - t1, **extras,
                 **({"angles": net.alignment_angles()} if net.unidirectional else {})}
 
     def fit(self, log=print) -> list[dict]:
@@ -468,6 +541,7 @@ class Trainer:
         with RunLock(self.out):
             check_run_dir(self.out, resume=self.resume, overwrite=self.overwrite, probe_lock=False)
             atomic_write(self.out / "config.toml", lambda f: f.write(dump_toml(cfg).encode()))
+            self.sub.describe(self.out)
             self._write_metrics()
             if self._changed:
                 text = "".join(json_line(r) for r in self.resumes).encode()
@@ -487,14 +561,15 @@ class Trainer:
                 self.history.append(m)
                 with open(self.out / METRICS, "a") as f:
                     f.write(json_line(m))
-                if cfg.output.checkpoint:
+                if cfg.output.checkpoint and self.sub.checkpoints:
                     payload = self._payload(epoch)
                     save_checkpoint(self.out / CHECKPOINT, payload)
                     if math.isfinite(m["test_acc"]) and m["test_acc"] > best:
                         best = m["test_acc"]
                         save_checkpoint(self.out / BEST_CHECKPOINT, payload)
                 if log:
-                    log(f"[{cfg.name}] epoch {m['epoch']:>3}/{cfg.train.epochs}  train acc {m['train_acc']:.4f}  "
+                    log(self.sub.epoch_line(m) if hasattr(self.sub, "epoch_line") else
+                        f"[{cfg.name}] epoch {m['epoch']:>3}/{cfg.train.epochs}  train acc {m['train_acc']:.4f}  "
                         f"test acc {m['test_acc']:.4f}  {m['train_time_s']:.1f}s  {m['samples_per_s']:.0f} samples/s")
                 if not warned and _stuck_at_chance(self.history[-CHANCE_EPOCHS:], chance):
                     warned = True
