@@ -12,13 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from .circuit import ConvergenceError, NodeField
 from .network import LayeredNetwork, State
 
-__all__ = ["RelaxResult", "relax", "ConvergenceError"]
-
-
-class ConvergenceError(RuntimeError):
-    """A relaxation produced non-finite states (divergence)."""
+__all__ = ["RelaxResult", "relax", "ConvergenceError", "ideal_field"]
 
 
 @dataclass
@@ -84,3 +81,23 @@ def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
             with torch.no_grad():
                 residual = torch.stack([(a - b).abs().flatten(1).amax(1) for a, b in zip(s, prev)]).amax(0)
     return RelaxResult(s, residual, traj)
+
+
+def ideal_field(net: LayeredNetwork, drive: torch.Tensor, *, tau: float, y: torch.Tensor | None = None,
+                beta: float | torch.Tensor = 0.0, masks: list | None = None, params=None) -> NodeField:
+    """The node equation of the ideal substrate for one phase (free: ``beta=0``; nudged: ``beta`` and ``y``).
+
+    ``z(s) = net.preactivation(s, consts, −γβ)`` with the constants of :meth:`LayeredNetwork.constants`
+    computed once, exactly as in :func:`relax` (same arguments: ``drive`` from
+    :meth:`LayeredNetwork.input_drive`, ``beta`` a float or a per-sample ``(B, 1)`` column, dropout
+    ``masks`` fixed for the phase).
+    """
+    if y is None and not (isinstance(beta, (int, float)) and beta == 0):
+        raise ValueError("a nudged phase (beta != 0) needs targets y")
+    consts, ngb = net.constants(drive, y, beta, params)
+    split = net._split(params)
+
+    def target(s: State) -> list[torch.Tensor]:
+        return net.preactivation(s, consts, ngb, split=split, masks=masks)
+
+    return NodeField(target, net.act.unit_fn, tau)

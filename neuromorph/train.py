@@ -39,7 +39,7 @@ METRICS = "metrics.jsonl"
 RESUMES = "resumes.jsonl"
 CHANCE_EPOCHS = 3
 """Epochs in a row with the training accuracy at chance (at most 1.5 / classes) and a training loss that did not
-fall by 1 % over them before the run warns that it has diverged (a slow start still lowers its loss)."""
+fall by 0.1 % over them before the run warns that it has diverged (a slow start still lowers its loss)."""
 
 RESUMABLE_KEYS = frozenset({
     "name", "train.epochs", "train.decay_epochs", "train.eval_batch_size", "train.progress", "train.threads",
@@ -259,7 +259,7 @@ def _stuck_at_chance(window: list[dict], chance: float) -> bool:
     if len(window) < CHANCE_EPOCHS or any(h["train_acc"] > chance for h in window):
         return False
     first, last = window[0]["train_loss"], window[-1]["train_loss"]
-    return not (math.isfinite(first) and math.isfinite(last)) or last >= 0.99 * first
+    return not (math.isfinite(first) and math.isfinite(last)) or last >= (1 - 1e-3) * first
 
 
 def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False, probe_lock: bool = True) -> None:

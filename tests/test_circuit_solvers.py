@@ -16,15 +16,13 @@ from neuromorph.circuit import (
     Heun,
     NodeField,
     SteadyState,
-    ideal_field,
-    lyapunov_energy,
-    lyapunov_rate,
     node_from_state,
     settle,
     solve_ivp_reference,
     time_constant,
 )
-from neuromorph.dynamics import ConvergenceError, relax
+from neuromorph.dynamics import ConvergenceError, ideal_field, relax
+from neuromorph.energy import lyapunov_energy, lyapunov_rate
 from neuromorph.network import LayeredNetwork
 
 torch.set_num_threads(1)

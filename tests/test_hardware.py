@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from neuromorph.activations import Activation
-from neuromorph.circuit import RK4, Dopri5, Euler, Heun, SteadyState, lyapunov_energy, settle
+from neuromorph.circuit import RK4, Dopri5, Euler, Heun, SteadyState, settle
 from neuromorph.cli import main
 from neuromorph.config import load_config
 from neuromorph.crossbar import CrossbarLayer, Periphery
 from neuromorph.devices import load_card
 from neuromorph.dynamics import relax
+from neuromorph.energy import lyapunov_energy
 from neuromorph.estimators import OneSided, Symmetric, _rows, estimate_from_states
 from neuromorph.hardware import HardwareNetwork
 from neuromorph.hil import HardwareTrainer

@@ -23,7 +23,7 @@ residual ``max |du/dt|·τ = max |z − u|`` is dimensionless. Solver steps are 
 ``Euler.in_tau(0.1, tau)`` builds a step of ``0.1·τ``.
 
 Design (diffrax-like strategy objects): a vector field (:class:`NodeField`, built for the ideal
-substrate by :func:`ideal_field`; any ``rhs(t, u) -> du/dt`` callable works), a solver
+substrate by :func:`neuromorph.dynamics.ideal_field`; any ``rhs(t, u) -> du/dt`` callable works), a solver
 (:class:`Euler`, :class:`Heun`, :class:`RK4` with a fixed step; :class:`Bosh3`, :class:`Dopri5`
 adaptive embedded Runge–Kutta pairs), a stop (:class:`SteadyState`, :class:`FixedTime`) and one
 entry point, :func:`settle`. States are lists of tensors, one per layer, batched over samples
@@ -41,14 +41,15 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from ..dynamics import ConvergenceError
-from ..network import LayeredNetwork
-
 __all__ = [
-    "State", "VectorField", "NodeField", "ideal_field", "node_from_state", "time_constant",
+    "State", "ConvergenceError", "VectorField", "NodeField", "node_from_state", "time_constant",
     "Tableau", "Euler", "Heun", "RK4", "Bosh3", "Dopri5", "SteadyState", "FixedTime",
     "SettleResult", "settle", "residual", "solve_ivp_reference",
 ]
+
+class ConvergenceError(RuntimeError):
+    """A relaxation produced non-finite states (divergence)."""
+
 
 State = list[torch.Tensor]
 VectorField = Callable[[float, State], State]
@@ -101,26 +102,6 @@ class NodeField:
     def __call__(self, t: float, u: State) -> State:
         z = self.target(self.state(u))
         return [torch.sub(zk, uk).div_(self.tau) for zk, uk in zip(z, u)]
-
-
-def ideal_field(net: LayeredNetwork, drive: torch.Tensor, *, tau: float, y: torch.Tensor | None = None,
-                beta: float | torch.Tensor = 0.0, masks: list | None = None, params=None) -> NodeField:
-    """The node equation of the ideal substrate for one phase (free: ``beta=0``; nudged: ``beta`` and ``y``).
-
-    ``z(s) = net.preactivation(s, consts, −γβ)`` with the constants of :meth:`LayeredNetwork.constants`
-    computed once, exactly as in :func:`neuromorph.dynamics.relax` (same arguments: ``drive`` from
-    :meth:`LayeredNetwork.input_drive`, ``beta`` a float or a per-sample ``(B, 1)`` column, dropout
-    ``masks`` fixed for the phase).
-    """
-    if y is None and not (isinstance(beta, (int, float)) and beta == 0):
-        raise ValueError("a nudged phase (beta != 0) needs targets y")
-    consts, ngb = net.constants(drive, y, beta, params)
-    split = net._split(params)
-
-    def target(s: State) -> list[torch.Tensor]:
-        return net.preactivation(s, consts, ngb, split=split, masks=masks)
-
-    return NodeField(target, net.act.unit_fn, tau)
 
 
 def node_from_state(unit: str, state: State) -> State:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..network import LayeredNetwork, State
+from .network import LayeredNetwork, State
 
 __all__ = ["lyapunov_energy", "lyapunov_rate"]
 
