@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tag", default="", help="suffix of the results files (e.g. _wmax0.25)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     base = [f"train.epochs={args.epochs}", f"train.decay_epochs={args.epochs}", f"data.n_train={args.n_train}",
@@ -53,12 +54,12 @@ def main() -> None:
             "time_s": [sum(h["train_time_s"] for h in h_ref), sum(h["train_time_s"] for h in h_hw)]}
         print(f"{est}: reference {h_ref[-1]['test_acc']:.4f}, hardware ({args.device}) {h_hw[-1]['test_acc']:.4f}",
               flush=True)
-        out = ROOT / "benchmarks/results/hil_cifar_estimators.json"
+        out = ROOT / f"benchmarks/results/hil_cifar_estimators{args.tag}.json"
         out.write_text(json.dumps(res, indent=1))
     lines = ["| estimator | reference test accuracy | hardware test accuracy |", "|---|---|---|"]
     for est, r in res["estimators"].items():
         lines.append(f"| {est} | {100 * r['reference'][-1]:.2f} % | {100 * r['hardware'][-1]:.2f} % |")
-    (ROOT / "benchmarks/results/hil_cifar_estimators.md").write_text("\n".join(lines) + "\n")
+    (ROOT / f"benchmarks/results/hil_cifar_estimators{args.tag}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
