@@ -26,8 +26,9 @@ reference, on another substrate (one algorithm, two substrates: docs/architectur
 * **convolutions** (the layout of aihwkit's analog conv layers and NeuroSim): a conv synapse is one array of
   ``c_out x (c_in·k·k + 1)`` pairs, the unrolled kernel plus the bias line. Every output position is a read of
   the same conductances (im2col: the patches are the array's input rows, read through the DAC/ADC, IR drop,
-  faults and drift; one read call draws the read noise once for all its rows, the positions and the samples of
-  the call, as a dense array's batch does: per-position draws are not simulated), max-pooling with its argmax
+  faults and drift; every position and sample is its own read with its own read-noise draw, drawn as the
+  Gaussian partial current it gives each tile's lines before the ADC (:meth:`CrossbarLayer.forward` with
+  ``per_row``; with IR drop or drift one draw per read call), max-pooling with its argmax
   switches sits in the neuron periphery, and the transposed product is the transposed read of the same array at
   every position, unpooled with the switches of the same evaluation and summed back onto the input nodes
   (col2im): the transposed convolution. The
@@ -106,13 +107,13 @@ class _ConvReads:
         self.syn, self.in_shape = syn, in_shape
         self.conv_shape = syn.conv_shape(in_shape)
         f_arr, b_arr = hw.forward_arrays[k], hw.backward_arrays[k]
-        self.fwd_rows = hw.reader(f_arr, True, bias_line=syn.bias, scale=scale, shift=shift)
+        self.fwd_rows = hw.reader(f_arr, True, bias_line=syn.bias, scale=scale, shift=shift, per_row=True)
         if b_arr is None:
-            self.fb_rows = hw.reader(f_arr, False, bias_line=syn.bias, scale=scale)
+            self.fb_rows = hw.reader(f_arr, False, bias_line=syn.bias, scale=scale, per_row=True)
             self.switch_rows = None
         else:
-            self.fb_rows = hw.reader(b_arr, False, scale=scale)
-            self.switch_rows = hw.reader(b_arr, True)
+            self.fb_rows = hw.reader(b_arr, False, scale=scale, per_row=True)
+            self.switch_rows = hw.reader(b_arr, True, per_row=True)
         self.idx = None
 
     def patches(self, pre: torch.Tensor) -> torch.Tensor:
@@ -322,14 +323,15 @@ class HardwareNetwork:
         return tuple(self.net.input_shape) if k == 0 else tuple(self.net.state_shapes[k - 1])
 
     def reader(self, arr: CrossbarLayer, forward: bool, *, bias_line: bool = False, scale: float = 1.0,
-               shift: float = 0.0):
+               shift: float = 0.0, per_row: bool = False):
         """A read of ``arr`` for one phase, ``read(u, plus=None) = scale·read(u) + shift + plus``: its exact reader
-        when reads are exact, else the generic read (noise, periphery) scaled."""
+        when reads are exact, else the generic read (noise, periphery) scaled; ``per_row``: each row its own read
+        (its own read-noise draw, :meth:`CrossbarLayer.per_row_noise`)."""
         t = self.read_time
         exact = arr.exact_reader(forward, t=t, bias_line=bias_line, scale=scale, shift=shift if forward else 0.0)
         if exact is not None:
             return exact
-        read = partial(arr.forward if forward else arr.transpose, t=t, bias_line=bias_line)
+        read = partial(arr.forward if forward else arr.transpose, t=t, bias_line=bias_line, per_row=per_row)
         return _scaled(read, scale, shift if forward else 0.0)
 
     def logits(self, state: State) -> torch.Tensor:

@@ -11,7 +11,7 @@ import torch
 from test_hardware import _fine_card  # a perfect device: pulse quantum 1e-9 of the range
 
 from neuromorph.config import load_config
-from neuromorph.crossbar import Periphery
+from neuromorph.crossbar import CrossbarLayer, Periphery
 from neuromorph.devices import load_card
 from neuromorph.dynamics import relax
 from neuromorph.estimators import OneSided, Symmetric, _rows, estimate_from_states
@@ -113,10 +113,10 @@ def test_conv_array_reads_are_conv2d_and_its_transpose():
     torch.testing.assert_close(fb.view(ref_fb.shape), ref_fb, rtol=0, atol=1e-12)
 
 
-def test_conv_reads_have_the_card_read_noise():
-    """With read noise, a conv array is read with the card's noise: over reads, the output at every position has
-    the exact product as its mean and the spread of a dense read of the same patch. One read call draws the noise
-    once for all its rows (the positions and samples of the call), as a dense array's batch does."""
+def test_conv_reads_have_the_card_read_noise_at_every_position():
+    """With read noise, every output position is its own read of the conv array: over reads, the output at every
+    position has the exact product as its mean and the spread of a dense read of the same patch, and the
+    positions of one read are independent draws (uncorrelated)."""
     card = dataclasses.replace(load_card("taox_hfox"), read_noise_std=0.02)
     hw, ref, x, y = make(card=card, periphery=Periphery(read_noise=True))
     syn = hw.net.synapses[0]
@@ -133,7 +133,11 @@ def test_conv_reads_have_the_card_read_noise():
     assert float(sd.min()) > 1e-3
     assert float(((out[:, 0].mean(0) - exact).abs() / (sd / 20)).max()) < 4
     torch.testing.assert_close(out[:, 0].std(0), sd, rtol=0.2, atol=0)
-    assert torch.equal(out[:, 0], out[:, -1])  # one draw per read call, shared by its positions
+    torch.testing.assert_close(out.reshape(-1, out.shape[-1]).std(0), sd, rtol=0.1, atol=0)
+    a, b = out[:, 0, 0] - out[:, 0, 0].mean(), out[:, 1, 0] - out[:, 1, 0].mean()
+    assert abs(float((a * b).mean() / (a.std() * b.std()))) < 0.2  # independent draws per position
+    assert arr.per_row_noise() and not CrossbarLayer(2, 2, card, Periphery(read_noise=True, r_row=1.0),
+                                                        generator=torch.Generator()).per_row_noise()
 
 
 @pytest.mark.parametrize("extra", [[], ["model.dropout=[0.1, 0.1]"], ["model.unidirectional=true", "ep.rule=kp_vf"]],
@@ -215,3 +219,22 @@ def test_every_network_config_maps_onto_crossbars(path):
     for syn, arr in zip(net.synapses, hw.forward_arrays):
         n_in = syn.c_in * syn.kernel**2 if hasattr(syn, "kernel") else syn.n_pre
         assert arr.array.shape == (syn.c_out if hasattr(syn, "kernel") else syn.n_post, n_in + syn.bias)
+
+
+@pytest.mark.parametrize("forward", [True, False])
+def test_per_row_read_noise_matches_a_conductance_draw_per_row(forward):
+    """``per_row=True`` draws each row's read noise as the Gaussian partial current of its tile (before the tile's
+    ADC): over many reads its mean and spread per output equal those of reads that draw the conductances once per
+    call (tiled array, 8-bit ADC), and the rows of one call differ."""
+    card = dataclasses.replace(load_card("taox_hfox"), read_noise_std=0.03)
+    per = Periphery(read_noise=True, adc_bits=8, adc_range=8.0)
+    arr = CrossbarLayer(6, 10, card, per, tile_size=(4, 4), generator=torch.Generator().manual_seed(0), dtype=F64)
+    arr.set_weights(torch.rand(6, 10, generator=torch.Generator().manual_seed(1), dtype=F64) - 0.5, count=False)
+    u = torch.rand(1, 10 if forward else 6, generator=torch.Generator().manual_seed(2), dtype=F64)
+    read = arr.forward if forward else arr.transpose
+    rows = read(u.repeat(3000, 1), per_row=True)
+    calls = torch.cat([read(u) for _ in range(3000)])
+    assert not torch.equal(rows[0], rows[1])
+    se = calls.std(0) / math.sqrt(3000)
+    assert float(((rows.mean(0) - calls.mean(0)).abs() / (se * math.sqrt(2))).max()) < 4.5
+    torch.testing.assert_close(rows.std(0), calls.std(0), rtol=0.08, atol=0)

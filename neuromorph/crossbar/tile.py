@@ -291,13 +291,26 @@ class CrossbarLayer:
             d["w"].view(-1).index_copy_(0, idx, w)
         self._cache = (gp, gn, (gp._version, gn._version), d)
 
+    def per_row_noise(self, t: float | None = None) -> bool:
+        """Whether :meth:`forward` / :meth:`transpose` with ``per_row=True`` draw the read noise per row: the card
+        has read noise, the periphery uses it, there is no IR drop and no drift at ``t`` (else one draw per call)."""
+        return bool(self.periphery.read_noise and not self.periphery.ir_drop and self.card.read_noise_std > 0
+                    and (t is None or (self.array.pos.nu is None and self.array.neg.nu is None)))
+
     def _read(self, u: torch.Tensor, forward: bool, t: float | None, bias_line: bool = False,
-              plus: torch.Tensor | None = None) -> torch.Tensor:
+              plus: torch.Tensor | None = None, per_row: bool = False) -> torch.Tensor:
         """One read of the array from the input side (``forward``) or the output side, in weight units.
         ``bias_line``: the last input line is held at 1 (forward: ``u`` lacks it; transpose: its output dropped).
-        ``plus``: a (batch, out) tensor added to the result (a node summing this read with other currents)."""
+        ``plus``: a (batch, out) tensor added to the result (a node summing this read with other currents).
+        ``per_row``: every row of ``u`` is its own read, with its own read-noise draw (:meth:`per_row_noise`; the
+        positions of a convolution): the devices' noise ``N(0, σ²)`` per device and read (``σ = read_noise_std ·
+        g_max``) gives each row's partial current on each output line of a tile a Gaussian of variance
+        ``2σ² Σ_tile v_j²`` (both devices of a pair), drawn per row before the tile's ADC: the same distribution as
+        a conductance draw per row, without materialising one."""
         n_in = (self.in_features - bias_line) if forward else self.out_features
         u, single = self._as_batch(u, n_in, "x" if forward else "y")
+        if per_row and self.per_row_noise(t):
+            return self._read_per_row(u, forward, bias_line, plus, single)
         gp, gn = self.read_conductances(u.shape[0], t)
         calls, samples = _CALL_KEYS[forward]
         self._calls[calls] += 1
@@ -320,6 +333,37 @@ class CrossbarLayer:
                 currents = tile.forward_currents if forward else tile.transpose_currents
                 i[:, dst] += self.periphery.adc(currents(v[:, src], gp, gn), self.g0)
         out = i / self.amps_per_weight_unit
+        if bias_line and not forward:
+            out = out[:, :-1]
+        if plus is not None:
+            out = out + plus
+        return out[0] if single else out
+
+    def _read_per_row(self, u: torch.Tensor, forward: bool, bias_line: bool, plus: torch.Tensor | None,
+                      single: bool) -> torch.Tensor:
+        """:meth:`_read` with a read-noise draw per row (no IR drop, no drift): see its ``per_row``."""
+        gp, gn = self.array.read(None, n_reads=u.shape[0], noise=False)  # the programmed state, the reads counted
+        self.array.pos.read_count += 1
+        self.array.neg.read_count += 1
+        calls, samples = _CALL_KEYS[forward]
+        self._calls[calls] += 1
+        self._calls[samples] += u.shape[0]
+        if bias_line and forward:
+            u = torch.cat([u, torch.ones(u.shape[0], 1, dtype=u.dtype, device=u.device)], 1)
+        v = self.periphery.dac(u)
+        gd = self._derived(gp, gn, "gd")
+        tile = self.rows if forward else self.cols
+        n, B = v.shape[1], v.shape[0]
+        n_t = math.ceil(n / tile)
+        pad = n_t * tile - n
+        vp = F.pad(v, (0, pad)).reshape(B, n_t, tile).transpose(0, 1)  # (n_t, B, tile)
+        gb = (F.pad(gd, (0, pad)).reshape(gd.shape[0], n_t, tile).permute(1, 2, 0) if forward else
+              F.pad(gd, (0, 0, 0, pad)).reshape(n_t, tile, gd.shape[1]))  # (n_t, tile, out)
+        i = torch.bmm(vp, gb)  # (n_t, B, out) partial currents
+        sigma = self.card.read_noise_std * self.card.g_max
+        std = (2.0 * sigma * sigma * (vp * vp).sum(-1, keepdim=True)).sqrt_()  # (n_t, B, 1)
+        i = i + std * torch.randn(i.shape, generator=self.array.generator, dtype=i.dtype, device=i.device)
+        out = self.periphery.adc(i, self.g0).sum(0) / self.amps_per_weight_unit
         if bias_line and not forward:
             out = out[:, :-1]
         if plus is not None:
@@ -379,21 +423,24 @@ class CrossbarLayer:
         read.count = count  # the counters of one read of a batch, for a caller that has its result already
         return read
 
-    def forward(self, x: torch.Tensor, *, t: float | None = None, bias_line: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, t: float | None = None, bias_line: bool = False,
+                per_row: bool = False) -> torch.Tensor:
         """``y = W x`` through DACs, the devices (read noise, drift at ``t`` [s]), IR drop and per-tile ADCs.
         ``x``: (B, in) or (in,); returns (B, out) or (out,) in weight units. ``bias_line=True``: ``x`` has
-        ``in - 1`` columns and the last input line is held at 1 (``W [x; 1]``)."""
-        return self._read(x, True, t, bias_line)
+        ``in - 1`` columns and the last input line is held at 1 (``W [x; 1]``). ``per_row``: a read-noise draw per
+        row (each row its own read, :meth:`per_row_noise`) instead of one per call."""
+        return self._read(x, True, t, bias_line, per_row=per_row)
 
     __call__ = forward
 
     def transpose(self, y: torch.Tensor, *, t: float | None = None, bias_line: bool = False,
-                  plus: torch.Tensor | None = None) -> torch.Tensor:
+                  plus: torch.Tensor | None = None, per_row: bool = False) -> torch.Tensor:
         """``x' = Wᵀ y`` through the output-side drivers, the same devices, IR drop and per-tile ADCs on the input
         lines. ``y``: (B, out) or (out,); returns (B, in) or (in,) in weight units (``in - 1`` with
         ``bias_line=True``: the bias line's current is not sensed). ``plus``: added to the result (a node that
-        sums this read with other currents; one fused product on the exact path)."""
-        return self._read(y, False, t, bias_line, plus)
+        sums this read with other currents; one fused product on the exact path). ``per_row``: as in
+        :meth:`forward`."""
+        return self._read(y, False, t, bias_line, plus, per_row=per_row)
 
     # ------------------------------------------------------------------ weights and programming
     def weights(self) -> torch.Tensor:
