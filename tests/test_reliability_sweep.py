@@ -167,7 +167,8 @@ def test_a_second_sweep_into_the_same_table_stops_at_once(tmp_path, capsys):
 
 
 def test_a_second_sweep_process_on_one_table_stops_naming_the_first(tmp_path):
-    path = write_sweep(tmp_path)
+    # 40 hardware runs: the first sweep is still running when the second has started (its start takes seconds)
+    path = write_sweep(tmp_path, SWEEP.replace("[16, 32, 64, 128]", str(list(range(16, 36)))))
     out = tmp_path / "out"
     out.mkdir()
     cmd = [sys.executable, "-m", "neuromorph.cli", "sweep", str(path), "--workers", "1", "--out", str(out)]
