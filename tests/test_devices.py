@@ -109,6 +109,18 @@ nl_ltp = { value = 1.0, unit = "1" }
 """
 
 
+def refused_card(tmp_path, old: str, new: str) -> str:
+    """The error of loading :data:`GOOD` with ``old`` replaced by ``new`` (a DeviceCardError naming the file)."""
+    assert old in GOOD
+    p = tmp_path / "bad.toml"
+    p.write_text(GOOD.replace(old, new))
+    with pytest.raises(DeviceCardError) as e:
+        load_card(p)
+    msg = str(e.value)
+    assert str(p) in msg
+    return msg
+
+
 @pytest.mark.parametrize("old,new,words", [
     ('g_max = { value = 1e-5, unit = "S" }', "g_max = 1e-5", ["g_max", "missing unit", "S, mS"]),
     ('g_max = { value = 1e-5, unit = "S" }', "g_max = { value = 1e-5 }", ["g_max", "missing unit"]),
@@ -133,13 +145,7 @@ nl_ltp = { value = 1.0, unit = "1" }
     ("[parameters]", "[extra]\nx = 1\n[parameters]", ["extra", "unknown"]),
 ])
 def test_bad_cards_are_refused_with_a_clear_error(tmp_path, old, new, words):
-    assert old in GOOD
-    p = tmp_path / "bad.toml"
-    p.write_text(GOOD.replace(old, new))
-    with pytest.raises(DeviceCardError) as e:
-        load_card(p)
-    msg = str(e.value)
-    assert str(p) in msg
+    msg = refused_card(tmp_path, old, new)
     for w in words:
         assert w in msg, (w, msg)
 

@@ -2,13 +2,12 @@
 reads, the weight-shared update) against the ideal reference, in float64 with a perfect device and periphery."""
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from test_hardware import _fine_card  # a perfect device: pulse quantum 1e-9 of the range
+from test_hardware import track_the_reference
 
 from neuromorph.config import load_config
 from neuromorph.crossbar import CrossbarLayer, Periphery
@@ -16,7 +15,6 @@ from neuromorph.devices import load_card
 from neuromorph.dynamics import relax
 from neuromorph.estimators import OneSided, Symmetric, _rows, estimate_from_states
 from neuromorph.hardware import HardwareNetwork, _ConvReads
-from neuromorph.hil import HardwareTrainer
 from neuromorph.network import LayeredNetwork
 
 F64 = torch.float64
@@ -145,26 +143,9 @@ def test_conv_reads_have_the_card_read_noise_at_every_position():
 def test_conv_hil_with_a_perfect_device_tracks_the_reference(tmp_path, extra):
     """One epoch of hardware-in-the-loop training of a ConvNet on a perfect device (deterministic pulses, ideal
     periphery, plain SGD) ends on the reference's weights within 10 pulse quanta."""
-    from neuromorph.train import Trainer
-
-    over = ["model.layers=[10]", "model.loss=xent", "model.conv_channels=[4, 8]", "model.conv_kernels=[3]",
-            "model.conv_padding=[1]", "train.epochs=1", "train.batch_size=40", "train.momentum=0",
-            "train.lr=[0.1, 0.05, 0.02]", "train.progress=false", "data.n_train=400", "data.n_test=100", "ep.T=20",
-            "ep.K=6", "ep.beta=0.5", "train.dtype=float64", f"hardware.device={json.dumps(str(_fine_card(tmp_path)))}",
-            "hardware.update=deterministic", "hardware.read_noise=false", "output.checkpoint=false",
-            f"output.dir={json.dumps(str(tmp_path / 'ref'))}", *extra]
-    cfg = load_config(None, over)
-    ref = Trainer(cfg)
-    init = [p.detach().clone() for p in ref.net.param_list()]
-    hist = ref.fit(log=None)
-    assert max(float((p.detach() - q).abs().max()) for p, q in zip(ref.net.param_list(), init)) > 2e-3
-    hwt = HardwareTrainer(cfg, dataset=ref.dataset, out=tmp_path / "hw")
-    hhist = hwt.fit(log=None)
-    dw = hwt.hw.forward_arrays[0].array.dw
-    worst = max(float((p - q).detach().abs().max()) for p, q in zip(ref.net.param_list(), hwt.net.param_list()))
-    assert worst <= 10 * dw, (worst, dw)
-    assert hhist[0]["test_acc"] == pytest.approx(hist[0]["test_acc"], abs=0.02)
-    assert hhist[0]["pulses"] > 0
+    track_the_reference(tmp_path, ["model.layers=[10]", "model.loss=xent", "model.conv_channels=[4, 8]",
+                                   "model.conv_kernels=[3]", "model.conv_padding=[1]", "train.lr=[0.1, 0.05, 0.02]",
+                                   *extra])
 
 
 def test_weight_shared_update_on_a_finite_state_device_realises_the_request(tmp_path):

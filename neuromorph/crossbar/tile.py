@@ -342,9 +342,8 @@ class CrossbarLayer:
     def _read_per_row(self, u: torch.Tensor, forward: bool, bias_line: bool, plus: torch.Tensor | None,
                       single: bool) -> torch.Tensor:
         """:meth:`_read` with a read-noise draw per row (no IR drop, no drift): see its ``per_row``."""
-        gp, gn = self.array.read(None, n_reads=u.shape[0], noise=False)  # the programmed state, the reads counted
-        self.array.pos.read_count += 1
-        self.array.neg.read_count += 1
+        gp, gn = self.array.pos.g, self.array.neg.g  # the programmed state; the noise is drawn below, per row
+        self.array.count_exact_read(u.shape[0], noise=True)
         calls, samples = _CALL_KEYS[forward]
         self._calls[calls] += 1
         self._calls[samples] += u.shape[0]
