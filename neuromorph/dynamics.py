@@ -14,6 +14,7 @@ import torch
 
 from .circuit import ConvergenceError, NodeField
 from .network import LayeredNetwork, State
+from .phase import iterate, node_targets
 
 __all__ = ["RelaxResult", "relax", "ConvergenceError", "ideal_field"]
 
@@ -67,19 +68,14 @@ def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
     ctx = torch.enable_grad() if track_grad else torch.no_grad()
     with ctx:
         consts, ngb = net.constants(drive, y, beta, params)
-        split = net._split(params)
-        traj = [list(state)] if record else None
-        s = list(state)
-        prev = s
-        for _ in range(steps):
-            prev = s
-            s = net.step(s, consts, ngb, inplace=not track_grad, split=split, masks=masks)
-            if record:
-                traj.append(s)
-        residual = None
-        if steps > 0:
-            with torch.no_grad():
-                residual = torch.stack([(a - b).abs().flatten(1).amax(1) for a, b in zip(s, prev)]).amax(0)
+        reads = net.reads(consts, ngb, net._split(params))
+        o, inplace = net.act.offset, not track_grad
+
+        def target(s: State) -> list[torch.Tensor]:
+            return node_targets(reads, s, masks=masks, offset=o, inplace=inplace)
+
+        s, _, residual, traj = iterate(target, net.act.unit_, net.act.unit_fn, state, steps, inplace=inplace,
+                                       record=record)
     return RelaxResult(s, residual, traj)
 
 
@@ -95,9 +91,9 @@ def ideal_field(net: LayeredNetwork, drive: torch.Tensor, *, tau: float, y: torc
     if y is None and not (isinstance(beta, (int, float)) and beta == 0):
         raise ValueError("a nudged phase (beta != 0) needs targets y")
     consts, ngb = net.constants(drive, y, beta, params)
-    split = net._split(params)
+    reads = net.reads(consts, ngb, net._split(params))
 
     def target(s: State) -> list[torch.Tensor]:
-        return net.preactivation(s, consts, ngb, split=split, masks=masks)
+        return node_targets(reads, s, masks=masks, offset=net.act.offset, inplace=False)
 
     return NodeField(target, net.act.unit_fn, tau)

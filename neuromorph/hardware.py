@@ -58,6 +58,7 @@ from .crossbar.tile import is_power_of_two
 from .devices import DeviceCard, load_card
 from .estimators import Plan, check_rule, readout_error, stack_phases
 from .network import ConvPool, Dense, LayeredNetwork
+from .phase import iterate, node_targets
 
 __all__ = ["HardwareNetwork", "PhaseResult", "SOLVERS", "UPDATE_MODES", "make_solver"]
 
@@ -144,6 +145,49 @@ class _ConvReads:
         out = torch.nn.functional.fold(back.view(batch, ho * wo, -1).transpose(1, 2), self.in_shape[1:],
                                        syn.kernel, padding=syn.padding).reshape(batch, -1)
         return out if plus is None else out.add_(plus)
+
+
+class CrossbarReads:
+    """The crossbar store's reads of one phase (:class:`~neuromorph.phase.PhaseReads`), on flat ``(batch, n)``
+    activities: ``fwd[k]``/``fb[k]`` the arrays' phase reads (:meth:`HardwareNetwork._phase_reads`), the input
+    current held for the phase (``drive``) or read at every evaluation (``None``: ``fwd[0](x)``), the output node's
+    nudge ``β(y − s)`` (squared error) or ``w_outᵀ β(y − softmax(w_out s))`` through the read-out array's forward
+    and transposed reads; the gain and the offset are applied after the reads when they could not be folded
+    into them (``folded``: ``γ`` a power of two)."""
+
+    def __init__(self, fwd, fb, x: torch.Tensor, drive: torch.Tensor | None, ro_f, ro_t, nudge, g: float, o: float,
+                 folded: bool, shapes: Sequence[tuple[int, ...]]) -> None:
+        self.fwd, self.fb, self.x, self.drive, self.ro_f, self.ro_t = fwd, fb, x, drive, ro_f, ro_t
+        self.nudged = nudge is not None
+        self.beta_col, self.yo = nudge if nudge is not None else (None, None)
+        self.g, self.o, self.folded, self.shapes = g, o, folded, shapes
+        self.flat = all(len(sh) == 1 for sh in shapes)  # (batch, n) states: no reshapes
+        self.batch = x.shape[0]
+
+    def first(self) -> torch.Tensor:
+        return self.fwd[0](self.x) if self.drive is None else self.drive
+
+    def enter(self, s: State) -> State:
+        return s if self.flat else [sk.reshape(self.batch, -1) for sk in s]
+
+    def forward(self, k: int, pre: torch.Tensor) -> torch.Tensor:
+        return self.fwd[k](pre)
+
+    def feedback(self, k: int, post: torch.Tensor, acc: torch.Tensor, inplace: bool) -> torch.Tensor:
+        # one fused read: a new tensor (the held drive is read from, never written)
+        return self.fb[k](post, acc)
+
+    def nudge(self, last: torch.Tensor, acc: torch.Tensor, inplace: bool) -> torch.Tensor:
+        if self.ro_f is None:
+            return acc.addcmul_(self.beta_col, self.yo - last)
+        y_hat = torch.softmax(self.ro_f(last), -1)  # the logits, unscaled
+        return acc.add_(self.ro_t(self.beta_col * (self.yo - y_hat)))
+
+    def leave(self, a: State) -> State:
+        if not self.folded:
+            for ak in a:
+                ak.mul_(self.g).add_(self.o)
+        return a if self.flat else [ak.view(-1, *shape) for ak, shape in zip(a, self.shapes)]
 
 
 @dataclass
@@ -383,7 +427,6 @@ class HardwareNetwork:
             yo = (net.one_hot(y) if y.dim() == 1 else y).to(x.dtype)
             beta_col = beta if isinstance(beta, torch.Tensor) else torch.full((x.shape[0], 1), float(beta),
                                                                               dtype=x.dtype, device=x.device)
-        n = len(net.synapses)
         # the gain and the offset folded into the reads (z = γ·I + o: the forward read of each node carries o, as the
         # reference's constants do), unless the gain is not a power of two (then z = γ·(I) + o after the reads)
         folded = is_power_of_two(g)
@@ -391,8 +434,6 @@ class HardwareNetwork:
         fwd, fb, ro_f, ro_t = self._phase_reads(scale, o if folded else 0.0)
         if nudged and ro_f is None and scale != 1.0:
             beta_col = beta_col * scale
-        batch = x.shape[0]
-        flat_states = all(len(sh) == 1 for sh in net.state_shapes)  # (batch, n) states: no reshapes
         # the input lines carry a static input during a phase: unless reread_input, the first array is read once
         # per phase (one read-noise draw held for the phase, like a DC current); every other array every evaluation
         drive, held = None, None
@@ -403,33 +444,11 @@ class HardwareNetwork:
             if hasattr(fwd[0], "count"):  # an exact read: a later phase on these inputs may reuse it
                 held = (x, drive, self._input_state())
 
+        reads = CrossbarReads(fwd, fb, x, drive, ro_f, ro_t, None if not nudged else (beta_col, yo), g, o, folded,
+                              net.state_shapes)
+
         def target(s: State) -> list[torch.Tensor]:
-            # node k sums its forward current with the feedback of synapse k + 1 (one fused read); every a[k] ends
-            # a fresh tensor (the held drive is read from, never written), so what follows runs in place
-            if masks is not None:
-                s = [sk if m is None else sk * m for sk, m in zip(s, masks)]
-            flat = s if flat_states else [sk.reshape(batch, -1) for sk in s]
-            a = [fwd[0](x) if drive is None else drive] + [fwd[k](flat[k - 1]) for k in range(1, n)]
-            for k in range(1, n):
-                a[k - 1] = fb[k](flat[k], a[k - 1])
-            if n == 1 and drive is not None:
-                a[0] = drive.clone()
-            if nudged:
-                if ro_f is None:
-                    a[-1].addcmul_(beta_col, yo - flat[-1])
-                else:
-                    y_hat = torch.softmax(ro_f(flat[-1]), -1)  # the logits, unscaled
-                    a[-1].add_(ro_t(beta_col * (yo - y_hat)))
-            if not folded:
-                for ak in a:
-                    ak.mul_(g).add_(o)
-            if not flat_states:
-                a = [ak.view(-1, *shape) for ak, shape in zip(a, net.state_shapes)]
-            if masks is not None:
-                for ak, m in zip(a, masks):
-                    if m is not None:
-                        ak.sub_(o).mul_(m).add_(o)
-            return a
+            return node_targets(reads, s, masks=masks, offset=o)
 
         return NodeField(target, net.act.unit_fn, self.tau), held
 
@@ -476,15 +495,10 @@ class HardwareNetwork:
         activities, ``max|s_T − s_{T−1}|`` per sample, exactly the reference relaxation's residual (a node
         driven past a rail keeps moving in ``u`` while its output stays clamped).
         """
-        u = list(u0)
-        s = f.state(u)
-        prev = s
-        unit_ = self.net.act.unit_
-        for i in range(steps):
-            u = f.target(s)
-            # the output stage in place on the fresh node values, but at the last step (u is returned)
-            prev, s = s, (f.state(u) if i == steps - 1 else [unit_(uk) for uk in u])
-        residual = torch.stack([(a - b).abs().flatten(1).amax(1) for a, b in zip(s, prev)]).amax(0)
+        s, u, residual, _ = iterate(f.target, self.net.act.unit_, f.unit, f.state(list(u0)), steps,
+                                    keep_targets=True)
+        if u is None:  # zero steps: the phase stays where it starts
+            u, residual = list(u0), torch.zeros(s[0].shape[0], dtype=s[0].dtype, device=s[0].device)
         res = SettleResult(u, s, steps * self.tau, None, None, residual, steps, 0, steps, "t_end")
         return PhaseResult(s, u, res)
 

@@ -39,8 +39,9 @@ import torch
 from torch import nn
 
 from .activations import Activation, get_activation
+from .phase import masked, node_targets
 
-__all__ = ["Dense", "LayeredNetwork", "LOSSES"]
+__all__ = ["Dense", "ConvPool", "IdealReads", "LayeredNetwork", "LOSSES"]
 
 LOSSES = ("mse", "xent")
 
@@ -524,49 +525,64 @@ class LayeredNetwork(nn.Module):
 
         This is the steady-state node voltage of the circuit ODE ``τ du/dt = −u + u(σ(u))``
         (the settling circuit, docs/architecture.md §2): explicit Euler with ``dt = τ`` is the
-        discrete iteration.
-        Forward products come first (a pooling synapse keeps its argmax indices), then the
-        transposed products that unpool with them. With dropout ``masks`` (scaled, App. F.3) the
-        step is ``s ← σ(m̃ ⊙ ∂(Φ − βℓ)/∂s̃)`` evaluated at ``s̃ = m̃ ⊙ s``: the gradient of ``Φ(m̃ ⊙ s)``.
+        discrete iteration. :func:`~neuromorph.phase.node_targets` with this network's
+        :class:`IdealReads` (the same function the crossbar substrate runs on its arrays' reads). With
+        dropout ``masks`` (scaled, App. F.3) the step is ``s ← σ(m̃ ⊙ ∂(Φ − βℓ)/∂s̃)`` evaluated at
+        ``s̃ = m̃ ⊙ s``: the gradient of ``Φ(m̃ ⊙ s)``.
         """
-        per, ro, back = split if split is not None else self._split(params)
-        if masks is not None:
-            state = [s if m is None else s * m for s, m in zip(state, masks)]
-        syns = self.synapses
-        g = self.act.gain
-        n = len(state)
-        z: list = [None] * n
-        aux: list = [None] * n
-        for k in range(1, n):
-            z[k], aux[k] = syns[k].forward(per[k], state[k - 1], consts[k], g)
-        fb_p = per
-        if self.unidirectional:
-            # Eq. 32: the feedback into s^k is w̃^b_{k+1} ⋆ 𝓟⁻¹(s^{k+1}) with the pooling indices of
-            # w^b_{k+1} ⋆ s^k (the derivative of s^{k+1} • 𝓟(w^b ⋆ s^k), Eq. 38)
-            fb_p = [None] + [[back[k]] for k in range(1, n)]
-            aux = [None] + [syns[k].indices(fb_p[k], state[k - 1]) for k in range(1, n)]
-        # layer 1: its forward part is the constant drive; start a new tensor from it
-        z[0] = syns[1].add_transposed(fb_p[1], aux[1], consts[0], state[1], g, False) if n > 1 else consts[0].clone()
-        for k in range(1, n - 1):
-            z[k] = syns[k + 1].add_transposed(fb_p[k + 1], aux[k + 1], z[k], state[k + 1], g, inplace)
-        if neg_gamma_beta is not None:
-            k = n - 1
-            if ro is None:
-                zk = z[k]
-                z[k] = zk.addcmul_(state[k], neg_gamma_beta) if inplace else zk + state[k] * neg_gamma_beta
-            else:
-                last = state[k].reshape(state[k].shape[0], -1)
-                fb = ((torch.softmax(last @ ro.t(), -1) * neg_gamma_beta) @ ro).view(state[k].shape)
-                z[k] = z[k].add_(fb) if inplace else z[k] + fb
-        if masks is not None:
-            o = self.act.offset
-            for k, m in enumerate(masks):
-                if m is not None:
-                    z[k] = (z[k] - o) * m + o
-        return z
+        reads = self.reads(consts, neg_gamma_beta, split if split is not None else self._split(params))
+        return node_targets(reads, state, masks=masks, offset=self.act.offset, inplace=inplace)
+
+    def reads(self, consts: list[torch.Tensor], neg_gamma_beta: torch.Tensor | None, split) -> IdealReads:
+        """The ideal weight store's reads for one phase (:class:`IdealReads`), from :meth:`constants`."""
+        return IdealReads(self, consts, neg_gamma_beta, split)
 
     def masked(self, state: State, masks: list | None) -> State:
         """``m̃ ⊙ s`` per layer (the activity the other layers and the read-out see under dropout)."""
-        if masks is None:
-            return state
-        return [s if m is None else s * m for s, m in zip(state, masks)]
+        return masked(state, masks)
+
+
+class IdealReads:
+    """The ideal weight store's reads of one phase (:class:`~neuromorph.phase.PhaseReads`): the parameter tensors
+    read with fused products, the constants of :meth:`LayeredNetwork.constants` (biases, input drive, the nudge's
+    target part) folded into each node once per phase.
+
+    A unidirectional network (Eq. 32) reads forward with ``w^f`` and feeds back with ``w^b``, unpooled with the
+    switches of ``w^b ⋆ s^{k−1}`` (the derivative of ``s^{k+1} • 𝓟(w^b ⋆ s^k)``, Eq. 38).
+    """
+
+    def __init__(self, net: LayeredNetwork, consts: list[torch.Tensor], neg_gamma_beta: torch.Tensor | None,
+                 split) -> None:
+        per, self.ro, back = split
+        self.syns, self.consts, self.ngb = net.synapses, consts, neg_gamma_beta
+        self.per, self.g = per, net.act.gain
+        self.fb_p = [None] + [[back[k]] for k in range(1, len(per))] if net.unidirectional else per
+        self.unidirectional = net.unidirectional
+        self.nudged = neg_gamma_beta is not None
+        self.aux: list = [None] * len(per)
+
+    def first(self) -> torch.Tensor:
+        return self.consts[0]
+
+    @staticmethod
+    def enter(s: State) -> State:
+        return s
+
+    leave = enter
+
+    def forward(self, k: int, pre: torch.Tensor) -> torch.Tensor:
+        syn = self.syns[k]
+        z, aux = syn.forward(self.per[k], pre, self.consts[k], self.g)
+        self.aux[k] = syn.indices(self.fb_p[k], pre) if self.unidirectional else aux
+        return z
+
+    def feedback(self, k: int, post: torch.Tensor, acc: torch.Tensor, inplace: bool) -> torch.Tensor:
+        return self.syns[k].add_transposed(self.fb_p[k], self.aux[k], acc, post, self.g, inplace)
+
+    def nudge(self, last: torch.Tensor, acc: torch.Tensor, inplace: bool) -> torch.Tensor:
+        ngb = self.ngb
+        if self.ro is None:
+            return acc.addcmul_(last, ngb) if inplace else acc + last * ngb
+        flat = last.reshape(last.shape[0], -1)
+        fb = ((torch.softmax(flat @ self.ro.t(), -1) * ngb) @ self.ro).view(last.shape)
+        return acc.add_(fb) if inplace else acc + fb
