@@ -25,11 +25,11 @@ from dataclasses import dataclass
 import torch
 
 from .dynamics import RelaxResult, relax
-from .network import Dense, LayeredNetwork
+from .network import ConvPool, LayeredNetwork
 
 __all__ = ["Estimator", "OneSided", "RandomSign", "Symmetric", "Plan", "EPResult", "ep_gradients",
            "combine_phi_grads", "vector_field_grads", "make_estimator", "ESTIMATORS", "RULES", "check_rule",
-           "PRECISIONS", "stack_phases", "readout_error"]
+           "PRECISIONS", "stack_phases", "readout_error", "Rows", "update_rows", "ideal_gradients", "symmetric_coef"]
 
 
 @dataclass(frozen=True)
@@ -102,25 +102,149 @@ def _rows(values: tuple[float, ...], batch: int, like: torch.Tensor) -> torch.Te
     return torch.tensor(values, dtype=like.dtype, device=like.device).repeat_interleave(batch).unsqueeze(1)
 
 
+@dataclass
+class Rows:
+    """The update request of one weight as rows of pre/post activities: ``∇̂ = Σ_r c_r post_r ⊗ pre_r / B``.
+
+    This is what a learning rule hands a weight store (:func:`update_rows`); the ideal store turns it into a
+    parameter gradient (:func:`ideal_gradients`), the crossbar store into the rows its arrays are pulsed with
+    (:meth:`neuromorph.hardware.HardwareNetwork.outer_products`).
+
+    Attributes:
+        pre: pre activities, one row per phase and sample (``R`` rows), or the ``B`` rows of the static input
+            shared by every phase (``shared_pre``).
+        post: post activities, ``R`` rows.
+        coefs: ``(R, 1)`` per-row coefficients ``c_r``; ``None``: 1 (the posts are weighted already).
+        shared_pre: ``pre`` is the static input, the same in each of the ``R / B`` phase blocks.
+        symmetric: ``c`` when the rows are the ±β pair of the symmetric estimate (``c_r = ±c``): a substrate may
+            combine them as differences of the phases.
+        bias: the request includes the bias (``Σ_r c_r post_r``, the bias line's pre is 1).
+        switches: for a pooling synapse, the kernels whose argmax switches unpool the posts (``"forward"``,
+            ``"back"``); two: the mean of the requests with each (KP-VF, Eq. 37).
+        switches_at: the activities at which those switches are taken (default: ``pre``).
+        like: the name of another request this one equals (its weight part): KP-VF's shared update of ``w^b``.
+    """
+
+    pre: torch.Tensor
+    post: torch.Tensor
+    coefs: torch.Tensor | None = None
+    shared_pre: bool = False
+    symmetric: float | None = None
+    bias: bool = True
+    switches: tuple[str, ...] = ("forward",)
+    switches_at: torch.Tensor | None = None
+    like: str | None = None
+
+    def weighted_post(self) -> torch.Tensor:
+        """``c_r post_r`` per row."""
+        if self.coefs is None:
+            return self.post
+        return self.post * self.coefs.view(-1, *([1] * (self.post.dim() - 1)))
+
+
+def _phase_sum(t: torch.Tensor, coefs: torch.Tensor, batch: int) -> torch.Tensor:
+    """``Σ_j c_j t_j`` over the phase blocks of phase-stacked rows ``t``: ``B`` rows."""
+    tc = t * coefs.view(-1, *([1] * (t.dim() - 1)))
+    return tc.view(t.shape[0] // batch, batch, *t.shape[1:]).sum(0)
+
+
+def symmetric_coef(plan: Plan) -> float | None:
+    """``c`` when the plan is the symmetric estimate's ±β pair (``c_{1,2} = ±c``, no free term), else ``None``."""
+    sym = plan.coef_free == 0.0 and len(plan.coefs) == 2 and plan.coefs[0] == -plan.coefs[1]
+    return plan.coefs[0] if sym else None
+
+
+def _stack_rows(net: LayeredNetwork, x: torch.Tensor, free_state, states: list[torch.Tensor], coefs: torch.Tensor,
+                batch: int, rule: str, c_sym: float | None = None) -> dict[str, Rows]:
+    """The requests of every synapse weight (not the read-out) from phase-stacked states and coefficients."""
+    check_rule(net, rule)
+    xf = net.flatten_input(x)
+    rows: dict[str, Rows] = {}
+    for k, syn in enumerate(net.synapses):
+        name, post = f"w{k + 1}", states[k]
+        if k == 0:  # the static input: the same pre in every phase (the EP rule, Eq. 34, for every rule)
+            rows[name] = Rows(xf, post, coefs, shared_pre=True, symmetric=c_sym, bias=syn.bias)
+            continue
+        pre, conv = states[k - 1], isinstance(syn, ConvPool)
+        if rule == "vf":  # Eq. 34: w^f pairs nudged posts with free pres, w^b free posts with nudged pres
+            f_pre = free_state[k - 1]
+            rows[name] = Rows(f_pre, _phase_sum(post, coefs, batch), bias=syn.bias)
+            rows[f"{name}_back"] = Rows(_phase_sum(pre, coefs, batch), free_state[k], bias=False,
+                                        switches=("back",), switches_at=f_pre)
+            continue
+        kp = rule == "kp_vf"
+        rows[name] = Rows(pre, post, coefs, symmetric=c_sym, bias=syn.bias,
+                          switches=("forward", "back") if kp and conv else ("forward",))
+        if kp:  # Eq. 36: w^b receives the same update as w^f
+            rows[f"{name}_back"] = Rows(pre, post, coefs, symmetric=c_sym, bias=False, like=name)
+    return rows
+
+
+def update_rows(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, free_state, nudged_state, plan: Plan,
+                batch: int, rule: str = "ep", logits=None) -> dict[str, Rows]:
+    """The learning rule: every weight's update request (:class:`Rows`), written once for both substrates.
+
+    EP (Eq. 24–29): synapse ``k`` pairs the phases' ``(s^{k−1}_j, c_j s^k_j)`` (the free phase included when its
+    coefficient is not zero; the static input is shared by every phase); a pooling synapse unpools each post with
+    the switches of ``w ⋆ s^{k−1}_j`` (Eq. 25). VF (Eq. 33/34): ``w^f`` gets ``(s^{k−1}_*, Σ_j c_j s^k_j)``, ``w^b``
+    ``(Σ_j c_j s^{k−1}_j, s^k_*)`` unpooled with the switches of ``w^b ⋆ s^{k−1}_*``. KP-VF (Eq. 35–37): both
+    weights get the mean of the EP requests unpooled with ``w^f``'s and with ``w^b``'s switches (for dense synapses
+    one request). The read-out (Eq. 28/29): ``(s_N^{β_j}, −r_j (ŷ_j − y))`` with ``ŷ_j = softmax(logits(s_N^{β_j}))``
+    (``logits``: the store's read-out; default the network's). ``free_state``/``nudged_state``: the activities
+    the update sees (masked under dropout; ADC-read on hardware), ``nudged_state`` phase-stacked.
+    """
+    states, coefs = stack_phases(free_state, nudged_state, plan, batch)
+    rows = _stack_rows(net, x, free_state, states, coefs, batch, rule, symmetric_coef(plan))
+    if net.readout is not None:
+        last = nudged_state[-1].reshape(nudged_state[-1].shape[0], -1)
+        out = last @ net.readout.t() if logits is None else logits(nudged_state)
+        rows["w_out"] = Rows(last, readout_error(net, out, y, plan, batch).neg_(), bias=False)
+    return rows
+
+
+def _request_grads(net: LayeredNetwork, k: int, r: Rows, batch: int, params=None) -> list[torch.Tensor]:
+    """The ideal store's realisation of a synapse request: ``∇̂`` of its weight (and bias when requested)."""
+    syn = net.synapses[k]
+    per, _, back = net._split(params)
+    post_c = r.weighted_post()
+    n_phases = post_c.shape[0] // batch
+    kern = {"forward": per[k], "back": [back[k]] if back[k] is not None else None}
+    if r.shared_pre:
+        out = syn.phi_grads(post_c, None, r.pre, n_phases, batch, per[k])
+    else:
+        out = syn.phi_grads(post_c, r.pre, None, n_phases, batch, kern[r.switches[0]], index_pre=r.switches_at)
+    if len(r.switches) > 1:
+        other = syn.phi_grads(post_c, r.pre, None, n_phases, batch, kern[r.switches[1]], index_pre=r.switches_at)
+        out = [0.5 * (out[0] + other[0]), *out[1:]]
+    return out if r.bias else out[:1]
+
+
+def ideal_gradients(net: LayeredNetwork, rows: dict[str, Rows], batch: int, params=None) -> list[torch.Tensor]:
+    """The estimates ``∇̂`` (not negated) of every parameter from the requests, in
+    :meth:`LayeredNetwork.param_list` order (per synapse ``w``, ``b``, ``w^b``; then the read-out)."""
+    out: list[torch.Tensor] = []
+    for k in range(len(net.synapses)):
+        name = f"w{k + 1}"
+        fw = _request_grads(net, k, rows[name], batch, params)
+        out += fw
+        back = rows.get(f"{name}_back")
+        if back is not None:
+            out.append(fw[0] if back.like == name else _request_grads(net, k, back, batch, params)[0])
+    if "w_out" in rows:
+        r = rows["w_out"]
+        out.append(r.post.t() @ r.pre / batch)
+    return out
+
+
 def combine_phi_grads(net: LayeredNetwork, x: torch.Tensor, states: list[torch.Tensor],
                       coefs: torch.Tensor, batch: int, params=None) -> list[torch.Tensor]:
     """``(1/B) Σ_rows c_row ∂Φ/∂θ(s_row)`` for every synapse parameter, explicitly (bidirectional networks).
 
     ``states`` are phase-stacked layer activities ``(J·B, n_k)`` and ``coefs`` the matching
     ``(J·B, 1)`` column. Returns the gradients in :meth:`LayeredNetwork.param_list` order,
-    without the read-out.
+    without the read-out: :func:`ideal_gradients` of the EP rule's requests.
     """
-    n_phases = states[0].shape[0] // batch
-    xf = net.flatten_input(x)
-    per = net._split(params)[0]
-    out: list[torch.Tensor] = []
-    for k, syn in enumerate(net.synapses):
-        post_c = states[k] * coefs.view(-1, *([1] * (states[k].dim() - 1)))
-        if k == 0:
-            out += syn.phi_grads(post_c, None, xf, n_phases, batch, per[k])
-        else:
-            out += syn.phi_grads(post_c, states[k - 1], None, n_phases, batch, per[k])
-    return out
+    return ideal_gradients(net, _stack_rows(net, x, None, states, coefs, batch, "ep"), batch, params)
 
 
 RULES = ("ep", "vf", "kp_vf")
@@ -158,36 +282,10 @@ def vector_field_grads(net: LayeredNetwork, x: torch.Tensor, free_state: list[to
       ``∇̄_f = ∇̄_b`` and it is computed once.
 
     The first synapse (from the static input) and every bias follow the EP rule (Eq. 34). Returns
-    the estimates ``∇̂`` (not negated) in :meth:`LayeredNetwork.param_list` order, without the read-out.
+    the estimates ``∇̂`` (not negated) in :meth:`LayeredNetwork.param_list` order, without the read-out:
+    :func:`ideal_gradients` of the rule's requests (:func:`update_rows`).
     """
-    check_rule(net, rule)
-    n_phases = states[0].shape[0] // batch
-    xf = net.flatten_input(x)
-    per, _, back = net._split(None)
-    out: list[torch.Tensor] = []
-
-    def col(t):
-        return coefs.view(-1, *([1] * (t.dim() - 1)))
-
-    for k, syn in enumerate(net.synapses):
-        post_c = states[k] * col(states[k])
-        if k == 0:
-            out += syn.phi_grads(post_c, None, xf, n_phases, batch, per[k])
-            continue
-        if rule == "kp_vf":
-            fwd = syn.phi_grads(post_c, states[k - 1], None, n_phases, batch, per[k])
-            gb = fwd[0] if isinstance(syn, Dense) else syn.phi_grads(post_c, states[k - 1], None, n_phases, batch,
-                                                                   [back[k]])[0]
-            common = 0.5 * (fwd[0] + gb)
-            out += [common, *fwd[1:], common]
-        else:
-            post_sum = post_c.view(n_phases, batch, *post_c.shape[1:]).sum(0)
-            fwd = syn.phi_grads(post_sum, free_state[k - 1], None, 1, batch, per[k])
-            pre_c = states[k - 1] * col(states[k - 1])
-            pre_sum = pre_c.view(n_phases, batch, *pre_c.shape[1:]).sum(0)
-            gb = syn.phi_grads(free_state[k], pre_sum, None, 1, batch, [back[k]], index_pre=free_state[k - 1])[0]
-            out += [*fwd, gb]
-    return out
+    return ideal_gradients(net, _stack_rows(net, x, free_state, states, coefs, batch, rule), batch)
 
 
 @dataclass
@@ -289,17 +387,10 @@ def stack_phases(free_state, nudged_state, plan: Plan, batch: int) -> tuple[list
 
 def estimate_from_states(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, free_state, nudged_state,
                          plan: Plan, batch: int, rule: str = "ep") -> list[torch.Tensor]:
-    """Loss gradients ``−∇̂`` from a free state and phase-stacked nudged states (Eq. 24–29, 33–37)."""
-    states, coefs = stack_phases(free_state, nudged_state, plan, batch)
-    if rule == "ep":
-        est = combine_phi_grads(net, x, states, coefs, batch)
-    else:
-        est = vector_field_grads(net, x, free_state, states, coefs, batch, rule)
-    grads = [-g for g in est]
-    if net.readout is not None:
-        s_last = nudged_state[-1].reshape(nudged_state[-1].shape[0], -1)
-        grads.append(readout_error(net, s_last @ net.readout.t(), y, plan, batch).t() @ s_last / batch)
-    return grads
+    """Loss gradients ``−∇̂`` from a free state and phase-stacked nudged states (Eq. 24–29, 33–37): the ideal
+    store's realisation (:func:`ideal_gradients`) of the rule's requests (:func:`update_rows`)."""
+    return [-g for g in ideal_gradients(net, update_rows(net, x, y, free_state, nudged_state, plan, batch, rule),
+                                        batch)]
 
 
 def readout_error(net: LayeredNetwork, logits: torch.Tensor, y: torch.Tensor, plan: Plan,

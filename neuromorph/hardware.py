@@ -56,8 +56,8 @@ from .crossbar import CrossbarLayer, Periphery
 from .crossbar.periphery import quantise
 from .crossbar.tile import is_power_of_two
 from .devices import DeviceCard, load_card
-from .estimators import Plan, check_rule, readout_error, stack_phases
-from .network import ConvPool, Dense, LayeredNetwork
+from .estimators import Plan, Rows, check_rule, update_rows
+from .network import ConvPool, LayeredNetwork
 from .phase import iterate, node_targets
 
 __all__ = ["HardwareNetwork", "PhaseResult", "SOLVERS", "UPDATE_MODES", "make_solver"]
@@ -514,47 +514,39 @@ class HardwareNetwork:
                        rule: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The local rule of every array as rows of pre/post activities: ``∇̂ = Σ_r post_r pre_rᵀ / B``.
 
-        Computed from the ADC-read steady states (:meth:`read_activities`), as an array computes it: for
-        synapse ``k`` the rows are the phases' ``(pre, c_j·post)`` pairs (Eq. 24–29; the bias line's pre is
-        the constant 1); a conv synapse has one row per phase, sample and output position: the input patch and the
-        post unpooled with the switches of ``w ⋆ pre`` (the weight-shared rule summed over positions, Eq. 25). VF
-        (Eq. 34, dense) pairs the nudged posts with the free pres for ``w^f`` and the free posts with the nudged
-        pres for ``w^b``; KP-VF (Eq. 37) gives both arrays the mean of the rows unpooled with ``w^f``'s and with
-        ``w^b``'s switches (for dense synapses the two are the same rows). The symmetric estimate is written in
-        difference form (:meth:`_pair_rows`). The read-out (Eq. 28/29) pairs the nudged ``s_N`` with
-        ``−r_j (ŷ_j − y)``, ``ŷ`` from the read-out array's logits. Returns ``{array name: (pre rows, post rows)}``.
+        The rule's requests (:func:`~neuromorph.estimators.update_rows`, the same as the reference's) from the
+        ADC-read steady states (:meth:`read_activities`) and the read-out array's logits, laid out as an array
+        takes them (:meth:`_array_rows`): the bias line's pre is the constant 1; a conv synapse has one row per
+        phase, sample and output position (the input patch and the post unpooled with the switches, Eq. 25); the
+        symmetric estimate's ±β rows are combined as differences of the phases. KP-VF's backward array receives
+        its forward array's rows (Eq. 36). Returns ``{array name: (pre rows, post rows)}``.
         """
         check_rule(self.net, rule)
+        if rule == "vf" and any(isinstance(s, ConvPool) for s in self.net.synapses[1:]):
+            raise ValueError("the VF rule on convolutional synapses is not simulated on hardware; use "
+                             "ep.rule = \"kp_vf\"")
         batch = x.shape[0]
         free, nudged = self.read_activities(free), self.read_activities(nudged)
-        J = len(plan.betas)
-        states, coefs = stack_phases(free, nudged, plan, batch)
-        M = states[0].shape[0] // batch
-        xf = self.net.flatten_input(x)
+        requests = update_rows(self.net, x, y, free, nudged, plan, batch, rule, logits=self.logits)
         rows: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        symmetric = plan.coef_free == 0.0 and len(plan.coefs) == 2 and plan.coefs[0] == -plan.coefs[1]
-        c_sym = plan.coefs[0] if symmetric else None
-        for k, syn in enumerate(self.net.synapses):
-            name = f"w{k + 1}"
-            pre = xf.repeat(M, *([1] * (xf.dim() - 1))) if k == 0 else states[k - 1]
-            if rule == "vf" and k > 0:
-                if isinstance(syn, ConvPool):
-                    raise ValueError("the VF rule on convolutional synapses is not simulated on hardware; use "
-                                     "ep.rule = \"kp_vf\"")
-                rows.update(self._vf_rows(k, syn, pre, states[k], free, coefs, c_sym, batch, M))
-                continue
-            fw = self._pair_rows(k, pre, states[k], coefs, c_sym, batch)
-            has_back = self.backward_arrays[k] is not None
-            if has_back and isinstance(syn, ConvPool):  # KP-VF: the mean of both switch sets' rows, to both
-                bw = self._pair_rows(k, pre, states[k], coefs, c_sym, batch, switches_of_back=True)
-                fw = (torch.cat([fw[0], bw[0]]), torch.cat([fw[1], bw[1]]).mul_(0.5))
-            rows[name] = fw
-            if has_back:
-                rows[f"{name}_back"] = (fw[0][:, :-1] if syn.bias else fw[0], fw[1])
-        if self.readout_array is not None:  # the read-out's error, its logits read from the read-out array
-            rows["w_out"] = (nudged[-1].reshape(J * batch, -1),
-                             readout_error(self.net, self.logits(nudged), y, plan, batch).neg_())
+        for name, r in requests.items():
+            if r.like is not None:  # the forward array's rows, bias line excluded
+                pre, post = rows[r.like]
+                has_bias = requests[r.like].bias
+                rows[name] = (pre[:, :-1] if has_bias else pre, post)
+            elif name == "w_out":
+                rows[name] = (r.pre, r.post)
+            else:
+                rows[name] = self._array_rows(int(name[1:].removesuffix("_back")) - 1, r, batch)
         return rows
+
+    def _array_rows(self, k: int, r: Rows, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A request of synapse ``k`` as the rows its array is pulsed with (bias line included when requested).
+        Two switch sets (KP-VF on a conv synapse): the rows of each, with half their posts."""
+        parts = [self._pair_rows(k, r, batch, of_back=kind == "back") for kind in r.switches]
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]).mul_(0.5)
 
     def _rows_of(self, k: int, pre: torch.Tensor, post: torch.Tensor, *, bias: bool = True,
                  switches_of_back: bool = False, switches_at: torch.Tensor | None = None):
@@ -575,37 +567,23 @@ class HardwareNetwork:
             pre_rows, post_rows = pre.reshape(R, -1), post.reshape(R, -1)
         return (self._with_one(pre_rows, syn) if bias else pre_rows), post_rows
 
-    def _pair_rows(self, k: int, pre: torch.Tensor, post: torch.Tensor, coefs: torch.Tensor, c_sym: float | None,
-                   batch: int, switches_of_back: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """The EP rows of synapse ``k`` (bias line included): ``(pre, c·post)`` per phase row; for the symmetric
-        estimate (``c_sym``: ``c_{1,2} = ±c``) in difference form. With ``a, b`` the posts and ``p, q`` the pres of
-        the ±β phases, ``c(a pᵀ − b qᵀ) = ½c[(a − b)(p + q)ᵀ + (a + b)(p − q)ᵀ]``. Same estimate; but fired as
+    def _pair_rows(self, k: int, r: Rows, batch: int, of_back: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rows of request ``r`` of synapse ``k``: ``(pre, c·post)`` per row; for the symmetric estimate
+        (``r.symmetric = c``: ``c_{1,2} = ±c``) in difference form. With ``a, b`` the posts and ``p, q`` the pres
+        of the ±β phases, ``c(a pᵀ − b qᵀ) = ½c[(a − b)(p + q)ᵀ + (a + b)(p − q)ᵀ]``. Same estimate; but fired as
         pulse trains, the two contrastive terms no longer go to the devices as separate large pulse trains that
         must cancel (they do not on an asymmetric device): every row now carries a difference of the phases. The
         input is the same in both phases (``p − q = 0`` for synapse 1 and for the bias line)."""
-        if c_sym is None:
-            col = coefs.view(-1, *([1] * (post.dim() - 1)))
-            return self._rows_of(k, pre, post * col, switches_of_back=switches_of_back)
-        p_rows, a_rows = self._rows_of(k, pre, post, switches_of_back=switches_of_back)
+        pre = r.pre.repeat(r.post.shape[0] // batch, *([1] * (r.pre.dim() - 1))) if r.shared_pre else r.pre
+        kw = dict(bias=r.bias, switches_of_back=of_back, switches_at=r.switches_at)
+        if r.symmetric is None:
+            return self._rows_of(k, pre, r.weighted_post(), **kw)
+        p_rows, a_rows = self._rows_of(k, pre, r.post, **kw)
         h = p_rows.shape[0] // 2
         p, q, a, b = p_rows[:h], p_rows[h:], a_rows[:h], a_rows[h:]
-        if k == 0:  # the static input: p = q
-            return p + q, (a - b).mul_(0.5 * c_sym)
-        return torch.cat([p + q, p - q]), torch.cat([a - b, a + b]).mul_(0.5 * c_sym)
-
-    def _vf_rows(self, k: int, syn: Dense, pre: torch.Tensor, post: torch.Tensor, free: State, coefs: torch.Tensor,
-                 c_sym: float | None, batch: int, M: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """VF (Eq. 34) rows of a dense synapse: ``(s_*^{pre}, Σ_j c_j s_j^{post})`` for ``w^f`` and
-        ``(Σ_j c_j s_j^{pre}, s_*^{post})`` for ``w^b``, a difference of the phases already: for the symmetric
-        estimate ``(c(a − b), s_*^{pre})`` and ``(s_*^{post}, c(p − q))``."""
-        name = f"w{k + 1}"
-        pre, post = pre.reshape(M * batch, -1), post.reshape(M * batch, -1)
-        f_pre, f_post = free[k - 1].reshape(batch, -1), free[k].reshape(batch, -1)
-        if c_sym is not None:
-            return {name: (self._with_one(f_pre, syn), c_sym * (post[:batch] - post[batch:])),
-                    f"{name}_back": (c_sym * (pre[:batch] - pre[batch:]), f_post)}
-        return {name: (self._with_one(f_pre.repeat(M, 1), syn), coefs * post),
-                f"{name}_back": (coefs * pre, f_post.repeat(M, 1))}
+        if r.shared_pre:  # the static input: p = q
+            return p + q, (a - b).mul_(0.5 * r.symmetric)
+        return torch.cat([p + q, p - q]), torch.cat([a - b, a + b]).mul_(0.5 * r.symmetric)
 
     def _with_one(self, pre: torch.Tensor, syn) -> torch.Tensor:
         return torch.cat([pre, self._ones(pre)], 1) if syn.bias else pre
