@@ -28,7 +28,7 @@ reference, on another substrate (one algorithm, two substrates: docs/architectur
   the same conductances (im2col: the patches are the array's input rows, read through the DAC/ADC, IR drop,
   faults and drift; every position and sample is its own read with its own read-noise draw, drawn as the
   Gaussian partial current it gives each tile's lines before the ADC (:meth:`CrossbarLayer.forward` with
-  ``per_row``; with IR drop or drift one draw per read call), max-pooling with its argmax
+  ``per_row``; around the drifted conductances; with IR drop to first order), max-pooling with its argmax
   switches sits in the neuron periphery, and the transposed product is the transposed read of the same array at
   every position, unpooled with the switches of the same evaluation and summed back onto the input nodes
   (col2im): the transposed convolution. The

@@ -3,6 +3,7 @@ reads, the weight-shared update) against the ideal reference, in float64 with a 
 
 import dataclasses
 import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -134,8 +135,9 @@ def test_conv_reads_have_the_card_read_noise_at_every_position():
     torch.testing.assert_close(out.reshape(-1, out.shape[-1]).std(0), sd, rtol=0.1, atol=0)
     a, b = out[:, 0, 0] - out[:, 0, 0].mean(), out[:, 1, 0] - out[:, 1, 0].mean()
     assert abs(float((a * b).mean() / (a.std() * b.std()))) < 0.2  # independent draws per position
-    assert arr.per_row_noise() and not CrossbarLayer(2, 2, card, Periphery(read_noise=True, r_row=1.0),
-                                                        generator=torch.Generator()).per_row_noise()
+    assert arr.per_row_noise() and CrossbarLayer(2, 2, card, Periphery(read_noise=True, r_row=1.0),
+                                                    generator=torch.Generator()).per_row_noise()
+    assert not CrossbarLayer(2, 2, card, Periphery(read_noise=False), generator=torch.Generator()).per_row_noise()
 
 
 @pytest.mark.parametrize("extra", [[], ["model.dropout=[0.1, 0.1]"], ["model.unidirectional=true", "ep.rule=kp_vf"]],
@@ -202,20 +204,30 @@ def test_every_network_config_maps_onto_crossbars(path):
         assert arr.array.shape == (syn.c_out if hasattr(syn, "kernel") else syn.n_post, n_in + syn.bias)
 
 
+@pytest.mark.parametrize("case", ["plain", "drift", "ir_drop"])
 @pytest.mark.parametrize("forward", [True, False])
-def test_per_row_read_noise_matches_a_conductance_draw_per_row(forward):
+def test_per_row_read_noise_matches_a_conductance_draw_per_row(forward, case):
     """``per_row=True`` draws each row's read noise as the Gaussian partial current of its tile (before the tile's
     ADC): over many reads its mean and spread per output equal those of reads that draw the conductances once per
-    call (tiled array, 8-bit ADC), and the rows of one call differ."""
-    card = dataclasses.replace(load_card("taox_hfox"), read_noise_std=0.03)
-    per = Periphery(read_noise=True, adc_bits=8, adc_range=8.0)
+    call (tiled array, 8-bit ADC), and the rows of one call differ. Also with drift (the noise around the drifted
+    conductances, exact) and with IR drop (first order: the noise current added to the IR-dropped read; here the
+    drop is a few %, so the spreads agree to the test's resolution)."""
+    card = dataclasses.replace(load_card("taox_hfox"), read_noise_std=0.03,
+                               **({"drift_nu": 0.05, "drift_nu_std": 0.01} if case == "drift" else {}))
+    per = Periphery(read_noise=True, adc_bits=8, adc_range=8.0, **({"r_row": 200.0, "r_col": 200.0}
+                                                                    if case == "ir_drop" else {}))
     arr = CrossbarLayer(6, 10, card, per, tile_size=(4, 4), generator=torch.Generator().manual_seed(0), dtype=F64)
     arr.set_weights(torch.rand(6, 10, generator=torch.Generator().manual_seed(1), dtype=F64) - 0.5, count=False)
     u = torch.rand(1, 10 if forward else 6, generator=torch.Generator().manual_seed(2), dtype=F64)
-    read = arr.forward if forward else arr.transpose
-    rows = read(u.repeat(3000, 1), per_row=True)
-    calls = torch.cat([read(u) for _ in range(3000)])
+    t = 1e4 if case == "drift" else None
+    read = partial(arr.forward if forward else arr.transpose, t=t)
+    n = 3000 if case != "ir_drop" else 2000
+    rows = read(u.repeat(n, 1), per_row=True)
+    calls = torch.cat([read(u) for _ in range(n)])
     assert not torch.equal(rows[0], rows[1])
-    se = calls.std(0) / math.sqrt(3000)
+    se = calls.std(0) / math.sqrt(n)
     assert float(((rows.mean(0) - calls.mean(0)).abs() / (se * math.sqrt(2))).max()) < 4.5
     torch.testing.assert_close(rows.std(0), calls.std(0), rtol=0.08, atol=0)
+    if case != "plain":  # the effect is there: the mean read moved away from the programmed weights' product
+        exact = u @ (arr.weights().T if forward else arr.weights())
+        assert float((calls.mean(0) - exact).abs().max()) > 6 * float(se.max())

@@ -293,9 +293,9 @@ class CrossbarLayer:
 
     def per_row_noise(self, t: float | None = None) -> bool:
         """Whether :meth:`forward` / :meth:`transpose` with ``per_row=True`` draw the read noise per row: the card
-        has read noise, the periphery uses it, there is no IR drop and no drift at ``t`` (else one draw per call)."""
-        return bool(self.periphery.read_noise and not self.periphery.ir_drop and self.card.read_noise_std > 0
-                    and (t is None or (self.array.pos.nu is None and self.array.neg.nu is None)))
+        has read noise and the periphery uses it (``t``: accepted for the callers; drift is applied either way). With
+        IR drop the per-row noise is first order: see :meth:`_read_per_row`."""
+        return bool(self.periphery.read_noise and self.card.read_noise_std > 0)
 
     def _read(self, u: torch.Tensor, forward: bool, t: float | None, bias_line: bool = False,
               plus: torch.Tensor | None = None, per_row: bool = False) -> torch.Tensor:
@@ -310,7 +310,7 @@ class CrossbarLayer:
         n_in = (self.in_features - bias_line) if forward else self.out_features
         u, single = self._as_batch(u, n_in, "x" if forward else "y")
         if per_row and self.per_row_noise(t):
-            return self._read_per_row(u, forward, bias_line, plus, single)
+            return self._read_per_row(u, forward, t, bias_line, plus, single)
         gp, gn = self.read_conductances(u.shape[0], t)
         calls, samples = _CALL_KEYS[forward]
         self._calls[calls] += 1
@@ -339,30 +339,48 @@ class CrossbarLayer:
             out = out + plus
         return out[0] if single else out
 
-    def _read_per_row(self, u: torch.Tensor, forward: bool, bias_line: bool, plus: torch.Tensor | None,
-                      single: bool) -> torch.Tensor:
-        """:meth:`_read` with a read-noise draw per row (no IR drop, no drift): see its ``per_row``."""
-        gp, gn = self.array.pos.g, self.array.neg.g  # the programmed state; the noise is drawn below, per row
-        self.array.count_exact_read(u.shape[0], noise=True)
+    def _read_per_row(self, u: torch.Tensor, forward: bool, t: float | None, bias_line: bool,
+                      plus: torch.Tensor | None, single: bool) -> torch.Tensor:
+        """:meth:`_read` with a read-noise draw per row: see its ``per_row``. The noise is drawn around the
+        conductances at ``t`` (drift and stuck devices, :meth:`DeviceArray.drifted`), exactly as a conductance draw
+        per row would be. With IR drop, each tile's IR-dropped currents of the drifted conductances get the same
+        Gaussian partial current (computed from the applied line voltages) before the tile's ADC: first order in
+        the noise, whose currents see the devices' voltages, a few percent below the applied ones where the IR
+        drop is small (tested against conductance draws per row, ``tests/test_hardware_conv.py``)."""
+        array = self.array
+        gp, gn = array.pos.drifted(t), array.neg.drifted(t)
+        array.count_exact_read(u.shape[0], noise=True)
         calls, samples = _CALL_KEYS[forward]
         self._calls[calls] += 1
         self._calls[samples] += u.shape[0]
         if bias_line and forward:
             u = torch.cat([u, torch.ones(u.shape[0], 1, dtype=u.dtype, device=u.device)], 1)
         v = self.periphery.dac(u)
-        gd = self._derived(gp, gn, "gd")
-        tile = self.rows if forward else self.cols
-        n, B = v.shape[1], v.shape[0]
-        n_t = math.ceil(n / tile)
-        pad = n_t * tile - n
-        vp = F.pad(v, (0, pad)).reshape(B, n_t, tile).transpose(0, 1)  # (n_t, B, tile)
-        gb = (F.pad(gd, (0, pad)).reshape(gd.shape[0], n_t, tile).permute(1, 2, 0) if forward else
-              F.pad(gd, (0, 0, 0, pad)).reshape(n_t, tile, gd.shape[1]))  # (n_t, tile, out)
-        i = torch.bmm(vp, gb)  # (n_t, B, out) partial currents
         sigma = self.card.read_noise_std * self.card.g_max
-        std = (2.0 * sigma * sigma * (vp * vp).sum(-1, keepdim=True)).sqrt_()  # (n_t, B, 1)
-        i = i + std * torch.randn(i.shape, generator=self.array.generator, dtype=i.dtype, device=i.device)
-        out = self.periphery.adc(i, self.g0).sum(0) / self.amps_per_weight_unit
+        n, B = v.shape[1], v.shape[0]
+        if self.periphery.ir_drop:
+            out = torch.zeros(B, self.out_features if forward else self.in_features, dtype=self.dtype,
+                              device=self.device)
+            for tile in self.tiles:
+                src, dst = (tile.in_slice, tile.out_slice) if forward else (tile.out_slice, tile.in_slice)
+                vs = v[:, src]
+                i = (tile.forward_currents if forward else tile.transpose_currents)(vs, gp, gn)
+                std = (2.0 * sigma * sigma * (vs * vs).sum(-1, keepdim=True)).sqrt_()  # (B, 1)
+                i = i + std * torch.randn(i.shape, generator=array.generator, dtype=i.dtype, device=i.device)
+                out[:, dst] += self.periphery.adc(i, self.g0)
+            out = out / self.amps_per_weight_unit
+        else:
+            gd = self._derived(gp, gn, "gd") if gp is array.pos.g and gn is array.neg.g else gp - gn
+            tile = self.rows if forward else self.cols
+            n_t = math.ceil(n / tile)
+            pad = n_t * tile - n
+            vp = F.pad(v, (0, pad)).reshape(B, n_t, tile).transpose(0, 1)  # (n_t, B, tile)
+            gb = (F.pad(gd, (0, pad)).reshape(gd.shape[0], n_t, tile).permute(1, 2, 0) if forward else
+                  F.pad(gd, (0, 0, 0, pad)).reshape(n_t, tile, gd.shape[1]))  # (n_t, tile, out)
+            i = torch.bmm(vp, gb)  # (n_t, B, out) partial currents
+            std = (2.0 * sigma * sigma * (vp * vp).sum(-1, keepdim=True)).sqrt_()  # (n_t, B, 1)
+            i = i + std * torch.randn(i.shape, generator=array.generator, dtype=i.dtype, device=i.device)
+            out = self.periphery.adc(i, self.g0).sum(0) / self.amps_per_weight_unit
         if bias_line and not forward:
             out = out[:, :-1]
         if plus is not None:

@@ -560,14 +560,21 @@ class DeviceArray:
         """Conductances as read [S]: drift ``g (max(t, t0)/t0)^-nu`` when ``t`` (seconds since programming) is given
         and the card drifts, stuck devices at their bound, plus fresh read noise ``N(0, read_noise_std g_max)``."""
         c = self.card
-        g = self.g
-        t = self._read_time(t)
-        if t is not None and self.nu is not None:
-            g = self._stick(g * (max(t, c.drift_t0) / c.drift_t0) ** (-self.nu))
+        g = self.drifted(t)
         if c.read_noise_std > 0:
             g = g + c.read_noise_std * c.g_max * self._randn(generator=generator)
         self.read_count += 1
         return g
+
+    def drifted(self, t: float | None = None) -> torch.Tensor:
+        """Conductances at read time ``t`` [s] without read noise [S]: drift ``g (max(t, t0)/t0)^-nu`` and stuck
+        devices when ``t`` is given and the card drifts, else ``g`` itself (the mean of a noisy :meth:`read`; not
+        counted as a read)."""
+        t = self._read_time(t)
+        if t is None or self.nu is None:
+            return self.g
+        c = self.card
+        return self._stick(self.g * (max(t, c.drift_t0) / c.drift_t0) ** (-self.nu))
 
     def read_is_exact(self, t: float | None = None) -> bool:
         """Whether :meth:`read` at ``t`` returns ``g`` itself (no read noise, no drift at ``t``): then every such read
