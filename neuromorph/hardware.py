@@ -606,7 +606,7 @@ class HardwareNetwork:
     def apply_update(self, rows: dict[str, tuple[torch.Tensor, torch.Tensor]], batch: int, lrs: Sequence[float], *,
                      mode: str = "stochastic_rounding", leakage: float = 0.0, threshold: float = 0.0,
                      refresh_threshold: float = 0.0, shared: set[str] = frozenset(),
-                     realised: bool = False) -> dict[str, torch.Tensor] | None:
+                     realised: bool = False, optimizer=None) -> dict[str, torch.Tensor] | None:
         """Program ``ΔW = lr (Σ_r post_r pre_rᵀ / B − λ W)`` into every array; with ``realised=True`` returns the
         realised ``ΔW`` per array (before any refresh), else ``None`` (the training loop's case: no dense
         tensors of the changes are built).
@@ -618,9 +618,16 @@ class HardwareNetwork:
         exactly the pulses of its forward array (bias line excluded): the same counts or the same trains. The
         leakage ``λ`` (Eq. 36: equal rate, each array its own weights) is requested separately from the
         programmed weights, by stochastic rounding. ``refresh_threshold`` > 0 refreshes saturated pairs.
+        ``optimizer``: a :class:`~neuromorph.policies.PeripheryOptimizer` (momentum or Adam in the digital
+        periphery) turns every array's estimate into the change requested (its weight decay replaces the leakage,
+        every array its own state: no shared pulses); it needs a request per device (not ``pulse_train``).
         """
         if mode not in UPDATE_MODES:
             raise ValueError(f"unknown update mode {mode!r}; allowed: {', '.join(UPDATE_MODES)}")
+        if optimizer is not None and mode == "pulse_train":
+            raise ValueError("update mode 'pulse_train' fires the rows as stochastic pulse trains, which an optimizer "
+                             "in the periphery (momentum, Adam) cannot shape; use stochastic_rounding, deterministic "
+                             "or manhattan")
         lr_of = self.lr_of(lrs)
         arrays = self.arrays()
         if set(rows) != set(arrays):
@@ -634,6 +641,19 @@ class HardwareNetwork:
             raise ValueError("the update rows are too large to be summed in float64")
         counts: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
         out = {}
+        if optimizer is not None:
+            changes = optimizer.step({name: post.t() @ pre / batch for name, (pre, post) in rows.items()},
+                                     {name: arr.weights() for name, arr in arrays.items()})
+            for name, arr in arrays.items():
+                da = arr.array
+                _, dw = da.program_steps(changes[name].div_(da.dw), cols=None, mode=mode,
+                                         threshold=threshold / da.dw, realised=realised)
+                if refresh_threshold > 0:
+                    arr.refresh(refresh_threshold)
+                if realised:
+                    out[name] = dw
+            self.sync_shadow()
+            return out if realised else None
         for name, arr in arrays.items():
             pre, post = rows[name]
             lr = lr_of[name]

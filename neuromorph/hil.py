@@ -7,9 +7,9 @@ reference's initialisation, mapped onto conductances; the representable fraction
 order, augmentation, dropout masks and random signs (the same per-epoch generator streams), the same
 learning-rate schedule. Its phases settle as circuits on the arrays and its updates are programming pulses; it is
 evaluated on the hardware, with its noise. Dense and convolutional networks, dropout (the masks gate the neurons
-in every phase) and the unidirectional KP-VF nets run on hardware. What the hardware does not have: momentum (a
-crossbar holds no velocity; a config with ``train.momentum > 0`` gives the reference momentum and the hardware
-none: :func:`compare` says so).
+in every phase) and the unidirectional KP-VF nets run on hardware. The optimizer is the one the config names: plain
+SGD programs the EP request directly; SGD with momentum and Adam keep their per-weight state in the digital
+periphery (:class:`~neuromorph.policies.PeripheryOptimizer`) and program the change they compute.
 
 Per epoch it records, besides accuracies and losses: pulses, refreshes, reads and energy spent in the epoch's
 training (evaluation excluded), the fraction of saturated devices, mean settling time (in τ) and solver steps per
@@ -32,6 +32,7 @@ from .data import Dataset, iterate_batches
 from .devices import DeviceCard, load_card
 from .estimators import _rows, make_estimator
 from .hardware import HardwareNetwork, make_solver
+from .policies import OPTIMIZER_STATE_WORDS, PeripheryOptimizer, periphery_optimizer_kind
 from .runio import RunLock, json_safe
 from .train import Trainer
 
@@ -57,6 +58,16 @@ def hardware_from_config(cfg: RunConfig, net, periphery: Periphery | None = None
                            mapping=h.mapping, policy=h.policy, capacitance=h.capacitance_farad,
                            activity_bits=h.activity_bits, read_time=h.read_time_s or None,
                            reread_input=h.reread_input, generator=torch.Generator().manual_seed(h.seed))
+
+
+def periphery_optimizer(cfg: RunConfig, hw: HardwareNetwork) -> PeripheryOptimizer | None:
+    """The digital periphery's optimizer of ``cfg.train`` for the arrays of ``hw`` (``None`` for plain SGD)."""
+    kind = periphery_optimizer_kind(cfg)
+    if kind is None:
+        return None
+    shapes = {name: tuple(arr.array.shape) for name, arr in hw.arrays().items()}
+    return PeripheryOptimizer(shapes, kind, hw.lr_of(cfg.train.lr), momentum=cfg.train.momentum,
+                              weight_decay=cfg.train.weight_decay, dtype=hw.net.dtype, device=hw.net.device)
 
 
 class HardwareSubstrate:
@@ -90,6 +101,13 @@ class HardwareSubstrate:
         euler_tau = h.solver == "euler" and h.dt_tau == 1.0
         self.solver = None if euler_tau else make_solver(h.solver, h.dt_tau, self.hw.tau, h.rtol, h.atol)
         self.estimator = make_estimator(cfg.ep.estimator, cfg.ep.beta)
+        self.optimizer = periphery_optimizer(cfg, self.hw)
+        if self.optimizer is not None and h.update == "pulse_train":
+            raise ValueError(f"train.optimizer = {cfg.train.optimizer!r} with momentum {cfg.train.momentum}: the "
+                             "optimizer runs in the digital periphery and programs its weight change per device, "
+                             "which hardware.update = \"pulse_train\" cannot do (it fires the EP rows as pulse "
+                             "trains); use stochastic_rounding, deterministic or manhattan, or plain SGD "
+                             "(train.optimizer = \"sgd\", train.momentum = 0)")
 
     # ------------------------------------------------------------------ phases
     def _free(self, x: torch.Tensor, masks: list | None = None):
@@ -124,7 +142,10 @@ class HardwareSubstrate:
     # ------------------------------------------------------------------ training
     def begin_epoch(self, lrs: list[float]) -> None:
         self.lrs = lrs
+        if self.optimizer is not None:
+            self.optimizer.set_lrs(self.hw.lr_of(lrs))
         self.before = self.hw.stats()
+        self.before_digital = self.optimizer.stats() if self.optimizer is not None else None
         self.settle_t, self.steps, self.phases = 0.0, 0, 0
 
     @torch.no_grad()
@@ -144,7 +165,9 @@ class HardwareSubstrate:
         free_s = net.masked(free.state, masks)
         rows = hw.outer_products(xb, yb, free_s, net.masked(nudged.state, masksJ), plan, ec.rule)
         hw.apply_update(rows, B, self.lrs, mode=h.update, leakage=tc.weight_decay, threshold=h.manhattan_threshold,
-                        refresh_threshold=h.refresh_threshold, shared=hw.shared_arrays(ec.rule))
+                        refresh_threshold=h.refresh_threshold,
+                        shared=hw.shared_arrays(ec.rule) if self.optimizer is None else frozenset(),
+                        optimizer=self.optimizer)
         logits = hw.logits(free_s)
         batch_loss = self._loss(logits, free_s, yb).sum()
         self.trainer.check_loss(batch_loss, where)
@@ -156,7 +179,12 @@ class HardwareSubstrate:
 
     def end_epoch(self) -> dict:
         before, after = self.before, self.hw.stats()
-        return {"pulses": after["pulses"] - before["pulses"],
+        digital = {}
+        if self.optimizer is not None:
+            d = self.optimizer.stats()
+            digital = {"digital_state_words": d["state_words"],
+                       "digital_weight_updates": d["weight_updates"] - self.before_digital["weight_updates"]}
+        return {**digital, "pulses": after["pulses"] - before["pulses"],
                 "pulses_per_device": (after["pulses"] - before["pulses"]) / after["devices"],
                 "refreshes": after["refreshes"] - before["refreshes"],
                 "reads": after["reads"] - before["reads"], "energy_J": after["energy_J"] - before["energy_J"],
@@ -207,8 +235,9 @@ def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None) -> dict:
     from .plots import plot_learning_curves
 
     notes = []
-    if cfg.train.momentum > 0:
-        notes.append(f"the reference uses momentum {cfg.train.momentum}; the hardware update has none")
+    if periphery_optimizer_kind(cfg) is not None:
+        notes.append(f"the hardware runs {periphery_optimizer_kind(cfg)} in the digital periphery "
+                     f"({OPTIMIZER_STATE_WORDS[periphery_optimizer_kind(cfg)]} stored number(s) per weight)")
     # the hardware side is built first: a device name, card or network it cannot simulate is refused before
     # any training (its set-up loads the data and maps the initial weights; the reference reuses the data)
     hwt = HardwareTrainer(cfg, out=out / "hardware", card=card)

@@ -68,6 +68,7 @@ from typing import Any
 
 from .config import ConfigError, apply_overrides, config_from_dict, config_to_dict
 from .devices.cards import PARAMETERS, DeviceCard, DeviceCardError, card_from_dict, card_to_toml, load_card
+from .policies import periphery_optimizer_kind
 from .runio import RunLock, RunLocked, json_safe
 
 __all__ = ["SweepError", "Axis", "RunSpec", "Sweep", "load_sweep", "run_task", "run_sweep", "ResultsDB",
@@ -379,8 +380,9 @@ def load_sweep(path: str | Path | None = None, overrides: list[str] | None = Non
         return cards[device]
 
     sweep = Sweep(name=name, path=p, text=text, axes=axes, mode=mode, seeds=tuple(seeds))
-    if base_cfg.train.momentum > 0:
-        sweep.notes.append(f"the reference uses momentum {base_cfg.train.momentum}; the hardware update has none")
+    kind = periphery_optimizer_kind(base_cfg)
+    if kind is not None:
+        sweep.notes.append(f"the hardware runs {kind} in the digital periphery")
     hw_default = config_to_dict(config_from_dict({}))["hardware"]
 
     def point_runs(point: dict) -> tuple[str, list[RunSpec], list[RunSpec]]:

@@ -314,17 +314,18 @@ def _fine_card(tmp_path):
     return path
 
 
-def track_the_reference(tmp_path, network: list[str]) -> None:
+def track_the_reference(tmp_path, network: list[str]):
     """One epoch of the reference and of hardware-in-the-loop training with a perfect device (tiny pulse quantum,
     deterministic pulses, ideal periphery) and plain SGD, on the same data order, initial weights and schedule
-    (``network``: the model overrides): the weights agree to 10 pulse quanta, the accuracies to 2 points."""
+    (``network``: the model overrides, and any other): the weights agree to 10 pulse quanta, the accuracies to 2
+    points."""
     from neuromorph.train import Trainer
 
-    over = [*network, "train.epochs=1", "train.batch_size=40", "train.momentum=0", "train.progress=false",
+    over = ["train.epochs=1", "train.batch_size=40", "train.momentum=0", "train.progress=false",
             "data.n_train=400", "data.n_test=100", "ep.T=20", "ep.K=6", "ep.beta=0.5", "train.dtype=float64",
             f"hardware.device={json.dumps(str(_fine_card(tmp_path)))}",
             "hardware.update=deterministic", "hardware.read_noise=false", "output.checkpoint=false",
-            f"output.dir={json.dumps(str(tmp_path / 'ref'))}"]
+            f"output.dir={json.dumps(str(tmp_path / 'ref'))}", *network]
     cfg = load_config(None, over)
     ref = Trainer(cfg)
     init = [p.detach().clone() for p in ref.net.param_list()]
@@ -338,6 +339,7 @@ def track_the_reference(tmp_path, network: list[str]) -> None:
         assert float((p - q).detach().abs().max()) <= n_updates * dw, (float((p - q).detach().abs().max()), dw)
     assert hhist[0]["test_acc"] == pytest.approx(hist[0]["test_acc"], abs=0.02)
     assert hhist[0]["pulses"] > 0
+    return hwt, hhist
 
 
 @pytest.mark.parametrize("layers", ["[64,24,10]", "[64,32,24,10]"])
@@ -345,6 +347,29 @@ def test_hardware_in_the_loop_with_a_perfect_device_tracks_the_reference(tmp_pat
     """Same data order, initial weights and schedule: a perfect device and plain SGD give the reference's weights
     after an epoch, to the pulse quantum."""
     track_the_reference(tmp_path, [f"model.layers={layers}", "model.loss=xent", "train.lr=0.1"])
+
+
+@pytest.mark.parametrize("optimizer", [["train.momentum=0.9"], ["train.optimizer=adam", "train.lr=0.002"],
+                                       ["train.optimizer=adam", "train.lr=0.002", "train.weight_decay=0.01",
+                                        "model.unidirectional=true", "ep.rule=kp_vf"]],
+                         ids=["momentum", "adam", "adam_decay_kp_vf"])
+def test_periphery_optimizer_with_a_perfect_device_tracks_the_reference(tmp_path, optimizer):
+    """SGD with momentum and Adam kept in the digital periphery: with a perfect device the hardware ends the epoch on
+    the reference's momentum / Adam weights to the pulse quantum (also with weight decay and KP-VF's backward
+    arrays, each with its own optimizer state), and it reports the digital state it holds."""
+    hwt, hist = track_the_reference(tmp_path, ["model.layers=[64,24,10]", "model.loss=xent", "train.lr=0.05",
+                                               *optimizer])
+    words = 2 if "train.optimizer=adam" in optimizer else 1
+    n_weights = sum(a.array.numel for a in hwt.hw.arrays().values())
+    assert hist[0]["digital_state_words"] == words * n_weights
+    assert hist[0]["digital_weight_updates"] == n_weights * 10  # 400 samples in batches of 40
+
+
+def test_periphery_optimizer_refuses_pulse_trains(tmp_path):
+    cfg = load_config(None, ["train.optimizer=adam", "hardware.update=pulse_train", "data.n_train=100",
+                             "data.n_test=50", f"output.dir={json.dumps(str(tmp_path))}"])
+    with pytest.raises(ValueError, match="pulse_train.*stochastic_rounding"):
+        HardwareTrainer(cfg, out=tmp_path / "hw")
 
 
 def test_compare_cli_writes_table_curves_and_statistics(tmp_path, capsys):
