@@ -641,25 +641,20 @@ class HardwareNetwork:
             raise ValueError("the update rows are too large to be summed in float64")
         counts: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
         out = {}
-        if optimizer is not None:
+        changes = None
+        if optimizer is not None:  # the optimizer's changes, its weight decay included: no separate leakage
             changes = optimizer.step({name: post.t() @ pre / batch for name, (pre, post) in rows.items()},
                                      {name: arr.weights() for name, arr in arrays.items()})
-            for name, arr in arrays.items():
-                da = arr.array
-                _, dw = da.program_steps(changes[name].div_(da.dw), cols=None, mode=mode,
-                                         threshold=threshold / da.dw, realised=realised)
-                if refresh_threshold > 0:
-                    arr.refresh(refresh_threshold)
-                if realised:
-                    out[name] = dw
-            self.sync_shadow()
-            return out if realised else None
+            leakage = 0.0
         for name, arr in arrays.items():
             pre, post = rows[name]
             lr = lr_of[name]
             da = arr.array
             before = arr.weights() if leakage else None
-            if name in shared:  # the forward array's pulses, bias line excluded
+            if changes is not None:
+                c, dw = da.program_steps(changes[name].div_(da.dw), mode=mode, threshold=threshold / da.dw,
+                                         realised=realised)
+            elif name in shared:  # the forward array's pulses, bias line excluded
                 n_in = da.shape[1]
                 c = counts[name.removesuffix("_back")]
                 c = tuple(t[:, :n_in] for t in c) if isinstance(c, tuple) else c[:, :n_in]
