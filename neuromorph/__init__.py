@@ -48,7 +48,13 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads e
     from .devices.cards import card_from_dict
     from .estimators import OneSided, RandomSign, Symmetric, ep_gradients, make_estimator
     from .hardware import HardwareNetwork
-    from .hil import HardwareSubstrate, HardwareTrainer, hardware_from_config, periphery_from_config
+    from .hil import (
+        HardwareSubstrate,
+        HardwareTrainer,
+        hardware_from_checkpoint,
+        hardware_from_config,
+        periphery_from_config,
+    )
     from .network import LayeredNetwork
     from .spice import build_netlist, export_netlist
     from .sweep import SweepError, load_sweep, read_results, run_sweep
@@ -80,6 +86,7 @@ __all__ = [
     "CrossbarLayer", "CrossbarTile", "DifferentialArray", "Periphery",
     # the simulated hardware and hardware-in-the-loop training
     "HardwareNetwork", "HardwareTrainer", "HardwareSubstrate", "hardware_from_config", "periphery_from_config",
+    "hardware_from_checkpoint",
     # SPICE export and sweeps
     "build_netlist", "export_netlist",
     "load_sweep", "run_sweep", "read_results", "SweepError",
@@ -99,7 +106,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "devices.cards": ("card_from_dict",),
     "crossbar": ("CrossbarLayer", "CrossbarTile", "DifferentialArray", "Periphery"),
     "hardware": ("HardwareNetwork",),
-    "hil": ("HardwareTrainer", "HardwareSubstrate", "hardware_from_config", "periphery_from_config"),
+    "hil": ("HardwareTrainer", "HardwareSubstrate", "hardware_from_config", "periphery_from_config",
+            "hardware_from_checkpoint"),
     "spice": ("build_netlist", "export_netlist"),
     "sweep": ("load_sweep", "run_sweep", "read_results", "SweepError"),
 }

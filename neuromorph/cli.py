@@ -54,16 +54,30 @@ def _check_paths(args) -> None:
 
 def _cmd_evaluate(args) -> int:
     from .data import load_dataset
-    from .train import evaluate, load_checkpoint, network_from_checkpoint
+    from .train import Trainer, evaluate, load_checkpoint, network_from_checkpoint
 
     ck = load_checkpoint(args.checkpoint)
     net, cfg = network_from_checkpoint(ck, device=args.device)
-    ds = load_dataset(cfg.data.name, args.data_dir or cfg.data.dir or None, verify=cfg.data.verify)
-    x, y = (ds.x_test, ds.y_test) if args.split == "test" else (ds.x_train, ds.y_train)
-    x = x.reshape(len(x), -1).to(net.device, net.dtype)
+    # the run's own data (its data.n_train / data.n_test subsets): the accuracy the run reported
+    ds = load_dataset(cfg.data.name, args.data_dir or cfg.data.dir or None, verify=cfg.data.verify,
+                      n_train=cfg.data.n_train or None, n_test=cfg.data.n_test or None)
     t0 = time.perf_counter()
-    m = evaluate(net, x, y.to(net.device), cfg.ep.T, cfg.train.eval_batch_size, cfg.ep.convergence_tol)
-    print(f"{cfg.name} (epoch {ck['epoch'] + 1}) on {cfg.data.name}/{args.split}: accuracy {m['acc']:.4f}  "
+    if "hardware" in ck:  # a hardware run: its arrays in their trained state, read with their noise
+        from .hil import hardware_from_checkpoint
+
+        tr = hardware_from_checkpoint(ck, cfg, dataset=ds)
+        x, y = tr.split(args.split)
+        if args.split == "test" and ck.get("eval_generator") is not None:
+            tr.hw.generator.set_state(ck["eval_generator"])  # the read noise of the run's own test evaluation
+        m = tr.sub.evaluate(x, y)
+        where = f"on {tr.hw.card.name} (simulated hardware)"
+    else:
+        tr = Trainer(replace(cfg, output=replace(cfg.output, checkpoint=False)), dataset=ds)
+        x, y = tr.split(args.split)
+        m = evaluate(net, x.to(net.device, net.dtype), y.to(net.device), cfg.ep.T, cfg.train.eval_batch_size,
+                     cfg.ep.convergence_tol)
+        where = "(ideal reference)"
+    print(f"{cfg.name} (epoch {ck['epoch'] + 1}) {where} on {cfg.data.name}/{args.split}: accuracy {m['acc']:.4f}  "
           f"error {100 * (1 - m['acc']):.2f}%  loss {m['loss']:.4f}  not converged {100 * m['nonconverged']:.2f}%  "
           f"({len(x)} examples, {time.perf_counter() - t0:.1f}s)")
     return 0
@@ -173,7 +187,7 @@ def _cmd_compare(args) -> int:
         overrides.append(f"hardware.device={_quote(args.device)}")
     cfg = load_config(args.config, overrides)
     out = args.out or f"runs/compare/{cfg.name}-{Path(cfg.hardware.device).stem}"
-    s = compare(cfg, out)
+    s = compare(cfg, out, resume=args.resume)
     print(f"\ntable {out}/comparison.md, numbers {out}/comparison.json, curves {out}/learning_curves.png "
           f"(gap {100 * s['gap']:+.2f} points)")
     return 0
@@ -239,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set hardware.adc_bits=8 --set hardware.adc_range=4")
     h.add_argument("--out", help="output directory (default runs/compare/<name>-<device>)")
+    h.add_argument("--resume", action="store_true", help="continue both runs from their checkpoints (the hardware's "
+                   "holds the device state: a killed comparison ends as an uninterrupted one would)")
     h.set_defaults(func=_cmd_compare)
 
     from .devices.cli import add_parser as add_device_parser
@@ -257,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _INTERRUPTED = {
     "train": "continue it with the same command and --resume (the last finished epoch's checkpoint is kept)",
+    "compare": "continue it with the same command and --resume (each side's last finished epoch is kept, the "
+               "hardware's with its device state)",
     "sweep": "run the same command again: finished and failed runs are kept (--retry-failed reruns the failed), "
              "the others run",
 }

@@ -677,6 +677,27 @@ class HardwareNetwork:
         self.sync_shadow()
         return out if realised else None
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs to continue exactly: every array's devices (conductances, per-device
+        parameters, stuck masks, drift exponents), counters, and the generator's state (read noise, stochastic
+        programming)."""
+        return {"arrays": {name: arr.state_dict() for name, arr in self.arrays().items()},
+                "generator": self.generator.get_state(), "card": self.card.name}
+
+    def load_state_dict(self, state: dict, where: str = "checkpoint") -> None:
+        """Restore :meth:`state_dict` into this network's arrays (same card and architecture; checked) and refresh
+        the shadow weights."""
+        arrays = self.arrays()
+        if state.get("card") != self.card.name or set(state["arrays"]) != set(arrays):
+            raise ValueError(f"{where}: its hardware state is of card {state.get('card')!r} with arrays "
+                             f"{sorted(state['arrays'])}; this run maps onto {self.card.name!r} with arrays "
+                             f"{sorted(arrays)}")
+        for name, arr in arrays.items():
+            arr.load_state_dict(state["arrays"][name], f"{where}: array {name}")
+        self.generator.set_state(state["generator"])
+        self.sync_shadow()
+
     # ------------------------------------------------------------------ statistics
     def stats(self) -> dict:
         """Totals over every array: pulses, refreshes, reads, energy [J]; ``saturated_fraction``: devices within

@@ -34,9 +34,10 @@ from .estimators import _rows, make_estimator
 from .hardware import HardwareNetwork, make_solver
 from .policies import OPTIMIZER_STATE_WORDS, PeripheryOptimizer, periphery_optimizer_kind
 from .runio import RunLock, json_safe
-from .train import Trainer
+from .train import CheckpointError, Trainer
 
-__all__ = ["HardwareTrainer", "HardwareSubstrate", "hardware_from_config", "periphery_from_config", "compare"]
+__all__ = ["HardwareTrainer", "HardwareSubstrate", "hardware_from_config", "periphery_from_config", "compare",
+           "hardware_from_checkpoint"]
 
 
 def periphery_from_config(cfg: RunConfig) -> Periphery:
@@ -82,9 +83,11 @@ class HardwareSubstrate:
     fraction, and the mean settling time (τ) and solver steps per phase. It writes no checkpoint.
     """
 
-    checkpoints = False
+    checkpoints = True
+    """Its state (every array's devices and counters, the generator, the periphery optimizer) goes into the run's
+    checkpoint each epoch: a killed run resumes exactly, and ``neuromorph evaluate`` / ``export-spice`` read it."""
 
-    def __init__(self, trainer: Trainer, card: DeviceCard | None = None) -> None:
+    def __init__(self, trainer: Trainer, card: DeviceCard | None = None, periphery: Periphery | None = None) -> None:
         cfg = trainer.cfg
         if cfg.train.algorithm != "ep":
             raise ValueError(f"train.algorithm = {cfg.train.algorithm!r}: the hardware trains with EP (local "
@@ -94,7 +97,7 @@ class HardwareSubstrate:
                              "ep.rule = \"kp_vf\"")
         self.trainer, self.cfg = trainer, cfg
         h = cfg.hardware
-        self.hw = hardware_from_config(cfg, trainer.net, card=card)
+        self.hw = hardware_from_config(cfg, trainer.net, periphery=periphery, card=card)
         self.net = self.hw.net
         self.label = f"hardware {self.hw.card.name}"
         # Euler at dt = τ is the plain iteration (HardwareNetwork.settle_phase's fast path when solver is None)
@@ -122,7 +125,10 @@ class HardwareSubstrate:
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict:
-        """Accuracy, loss and non-converged fraction of the free phase settled on the hardware (with its noise)."""
+        """Accuracy, loss and non-converged fraction of the free phase settled on the hardware (with its noise). The
+        generator's state before it is kept (``eval_generator`` in the checkpoint): ``neuromorph evaluate`` of the
+        checkpoint draws the same read noise and reports the same accuracy."""
+        self.eval_generator = self.hw.generator.get_state()
         correct, loss, bad = 0, 0.0, 0
         for xb, yb in iterate_batches(x, y, self.cfg.train.eval_batch_size, shuffle=False):
             res = self._free(xb)
@@ -192,6 +198,22 @@ class HardwareSubstrate:
                 "settling_time_tau": self.settle_t / max(self.phases, 1),
                 "solver_steps": self.steps / max(self.phases, 1)}
 
+    def state_dict(self) -> dict:
+        opt = self.optimizer
+        return {"hardware": self.hw.state_dict(), "periphery_optimizer": None if opt is None else opt.state_dict(),
+                "eval_generator": getattr(self, "eval_generator", None)}
+
+    def load_state_dict(self, ck: dict, where: str) -> None:
+        if "hardware" not in ck:
+            raise CheckpointError(f"{where} holds no hardware state: it was written by an ideal-reference run")
+        try:
+            self.hw.load_state_dict(ck["hardware"], where)
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(ck["periphery_optimizer"])
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise CheckpointError(f"{where}: its hardware state does not fit this run ({type(e).__name__}: {e})") \
+                from None
+
     def describe(self, out: Path) -> None:
         """``mapping.json``: the representable fraction of the initial weights per array, g0, τ, the arrays."""
         (out / "mapping.json").write_text(json.dumps(
@@ -205,33 +227,36 @@ class HardwareSubstrate:
 
 
 def HardwareTrainer(cfg: RunConfig, dataset: Dataset | None = None, out: str | Path | None = None,
-                    card: DeviceCard | None = None, overwrite: bool = True) -> Trainer:
+                    card: DeviceCard | None = None, overwrite: bool = True, resume: bool = False) -> Trainer:
     """A :class:`~neuromorph.train.Trainer` of ``cfg`` on the simulated hardware (:class:`HardwareSubstrate`):
     the same training loop, data order, initial weights, dropout masks, random signs and schedule as the ideal
     reference of ``cfg``. ``out`` overrides ``cfg.output.dir``; ``card`` (a :class:`DeviceCard` built in Python)
-    ``cfg.hardware.device``. A hardware run writes no checkpoint (it cannot be resumed), so its directory is
-    replaced by default (``overwrite``). ``.hw`` is the :class:`HardwareNetwork`."""
+    ``cfg.hardware.device``. Each epoch's checkpoint holds the device state (:meth:`HardwareSubstrate.state_dict`):
+    ``resume`` continues a killed run exactly; otherwise a run found in ``out`` is replaced (``overwrite``, the
+    default). ``.hw`` is the :class:`HardwareNetwork`."""
     if out is not None:
         cfg = replace(cfg, output=replace(cfg.output, dir=str(out)))
-    tr = Trainer(cfg, dataset=dataset, overwrite=overwrite, substrate=partial(HardwareSubstrate, card=card))
+    tr = Trainer(cfg, dataset=dataset, resume=resume, overwrite=overwrite and not resume,
+                 substrate=partial(HardwareSubstrate, card=card))
     tr.hw = tr.sub.hw
     return tr
 
 
-def compare(cfg: RunConfig, out: str | Path, log=print, card: DeviceCard | None = None) -> dict:
+def compare(cfg: RunConfig, out: str | Path, log=print, card: DeviceCard | None = None, resume: bool = False) -> dict:
     """Train the ideal reference and the hardware model of ``cfg`` side by side; write the table and the plot.
 
     Returns the summary (also ``out/comparison.json`` and ``out/comparison.md``; curves in
-    ``out/learning_curves.png``; each run's metrics under ``out/ideal`` and ``out/hardware``). ``card``: a
-    :class:`DeviceCard` built in Python instead of ``cfg.hardware.device``.
+    ``out/learning_curves.png``; each run's metrics and checkpoints under ``out/ideal`` and ``out/hardware``).
+    ``card``: a :class:`DeviceCard` built in Python instead of ``cfg.hardware.device``. ``resume``: continue both
+    runs from their checkpoints (a killed comparison ends as an uninterrupted one would).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out, f"comparison directory {str(out)!r}"):
-        return _compare(cfg, out, log, card)
+        return _compare(cfg, out, log, card, resume)
 
 
-def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None) -> dict:
+def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None, resume: bool = False) -> dict:
     from .plots import plot_learning_curves
 
     notes = []
@@ -240,9 +265,10 @@ def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None) -> dict:
                      f"({OPTIMIZER_STATE_WORDS[periphery_optimizer_kind(cfg)]} stored number(s) per weight)")
     # the hardware side is built first: a device name, card or network it cannot simulate is refused before
     # any training (its set-up loads the data and maps the initial weights; the reference reuses the data)
-    hwt = HardwareTrainer(cfg, out=out / "hardware", card=card)
+    hwt = HardwareTrainer(cfg, out=out / "hardware", card=card, resume=resume)
     ideal_cfg = replace(cfg, output=replace(cfg.output, dir=str(out / "ideal")))
-    ideal = Trainer(ideal_cfg, dataset=hwt.dataset, overwrite=True)  # compare replaces its own earlier results
+    # compare replaces its own earlier results, unless resuming them
+    ideal = Trainer(ideal_cfg, dataset=hwt.dataset, overwrite=not resume, resume=resume)
     t0 = time.perf_counter()  # timed from here: loading the data is not training
     hist_i = ideal.fit(log=log)
     t_ideal = time.perf_counter() - t0
@@ -287,3 +313,25 @@ def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None) -> dict:
     if log:
         log("\n".join(md))
     return summary
+
+
+def hardware_from_checkpoint(ck: dict, cfg: RunConfig | None = None, dataset: Dataset | None = None,
+                             periphery: Periphery | None = None) -> Trainer:
+    """A hardware :class:`~neuromorph.train.Trainer` holding a hardware run's checkpoint (read by
+    :func:`~neuromorph.train.load_checkpoint`): its arrays in the saved state (trained conductances, counters,
+    generator), ready to evaluate (``.sub.evaluate``) or export. ``cfg``: the run's config (default the
+    checkpoint's); ``periphery`` overrides the config's (e.g. :meth:`Periphery.ideal` for a SPICE cross-check).
+    Nothing is written."""
+    from .config import config_from_dict
+    from .train import load_model_state
+
+    where = f"checkpoint {ck.get('_path', '')!r}"
+    if "hardware" not in ck:
+        raise CheckpointError(f"{where} holds no hardware state: it was written by an ideal-reference run")
+    cfg = cfg if cfg is not None else config_from_dict(ck["config"])
+    cfg = replace(cfg, output=replace(cfg.output, checkpoint=False))
+    tr = Trainer(cfg, dataset=dataset, overwrite=True, substrate=partial(HardwareSubstrate, periphery=periphery))
+    load_model_state(tr.net, ck["model"], where)
+    tr.sub.load_state_dict(ck, where)
+    tr.hw = tr.sub.hw
+    return tr

@@ -348,6 +348,17 @@ class IdealSubstrate:
     def describe(self, out: Path) -> None:
         """Files the substrate writes beside the run's config (none for the ideal reference)."""
 
+    def state_dict(self) -> dict:
+        """What a checkpoint holds besides the weights: the optimizer's state."""
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, ck: dict, where: str) -> None:
+        try:
+            self.optimizer.load_state_dict(ck["optimizer"])
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise CheckpointError(f"{where}: its optimizer state does not fit train.optimizer = "
+                                  f"{self.cfg.train.optimizer!r} ({type(e).__name__}: {e})") from None
+
 
 @dataclass
 class Trainer:
@@ -417,7 +428,7 @@ class Trainer:
     # ------------------------------------------------------------------ persistence
     def _payload(self, epoch: int) -> dict:
         return {"format": 1, "epoch": epoch, "model": self.net.state_dict(),
-                "input_shape": list(self.dataset.input_shape), "optimizer": self.optimizer.state_dict(),
+                "input_shape": list(self.dataset.input_shape), **self.sub.state_dict(),
                 "config": config_to_dict(self.cfg), "history": self.history, "resumes": self.resumes}
 
     def _config_changes(self, saved: dict, where: str) -> dict:
@@ -448,11 +459,7 @@ class Trainer:
         self.start_epoch = int(ck["epoch"]) + 1
         changed = self._config_changes(ck["config"], repr(str(path)))
         load_model_state(self.net, ck["model"], f"checkpoint {str(path)!r}")
-        try:
-            self.optimizer.load_state_dict(ck["optimizer"])
-        except (KeyError, ValueError, TypeError, IndexError) as e:
-            raise CheckpointError(f"checkpoint {str(path)!r}: its optimizer state does not fit "
-                                  f"train.optimizer = {self.cfg.train.optimizer!r} ({type(e).__name__}: {e})") from None
+        self.sub.load_state_dict(ck, f"checkpoint {str(path)!r}")
         self.history = list(ck.get("history", []))
         self.resumes = list(ck.get("resumes", []))
         if changed:
@@ -477,6 +484,18 @@ class Trainer:
             if self._stats is not None:
                 xb = normalize(xb, *self._stats)
         return xb
+
+    def split(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``"test"`` or ``"train"`` split as the network sees it at evaluation: flat, normalised when the
+        config normalises (no augmentation)."""
+        if name == "test":
+            return self.x_test, self.y_test
+        if name != "train":
+            raise ValueError(f"split {name!r}: allowed: test, train")
+        x = self.x_train
+        if self._stats is not None:
+            x = normalize(x.view(-1, *self.dataset.input_shape), *self._stats).reshape(len(x), -1)
+        return x, self.y_train
 
     def check_loss(self, batch_loss: torch.Tensor, where: str) -> None:
         """Stop on a non-finite loss, naming the epoch, the batch and the rates."""

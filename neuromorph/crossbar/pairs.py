@@ -336,6 +336,22 @@ class DifferentialArray:
             return self.pos.read(t, generator=self.generator), self.neg.read(t, generator=self.generator)
         return self.pos.g, self.neg.g
 
+    def state_dict(self) -> dict:
+        """Both devices' states (:meth:`DeviceArray.state_dict`) and the pair array's counters."""
+        return {"pos": self.pos.state_dict(), "neg": self.neg.state_dict(), "n": dict(self._n),
+                "net": {k: t.value for k, t in self._net.items()},
+                "representable": self.last_representable_fraction}
+
+    def load_state_dict(self, state: dict, where: str = "array") -> None:
+        self.pos.load_state_dict(state["pos"], f"{where} (G+)")
+        self.neg.load_state_dict(state["neg"], f"{where} (G-)")
+        if set(state["n"]) != set(self._n):
+            raise ValueError(f"{where}: saved counters {sorted(state['n'])}, expected {sorted(self._n)}")
+        self._n = {k: int(v) for k, v in state["n"].items()}
+        for k, t in self._net.items():
+            t.value = state["net"][k].to(self.device).clone()
+        self.last_representable_fraction = float(state["representable"])
+
     def reads_exact(self, t: float | None = None, *, noise: bool = True) -> bool:
         """Whether :meth:`read` at ``t`` (with ``noise``) returns the programmed tensors ``(pos.g, neg.g)``
         themselves (``DeviceArray.read_is_exact``); such reads may be replaced by :meth:`count_exact_read`."""

@@ -291,6 +291,18 @@ class CrossbarLayer:
             d["w"].view(-1).index_copy_(0, idx, w)
         self._cache = (gp, gn, (gp._version, gn._version), d)
 
+    def state_dict(self) -> dict:
+        """The array's devices and counters (:meth:`DifferentialArray.state_dict`) and this layer's read counters."""
+        return {"array": self.array.state_dict(), "calls": dict(self._calls),
+                "factorisations": [t.factorisations for t in self.tiles]}
+
+    def load_state_dict(self, state: dict, where: str = "array") -> None:
+        self.array.load_state_dict(state["array"], where)
+        self._calls = {k: int(state["calls"][k]) for k in self._calls}
+        for tile, n in zip(self.tiles, state["factorisations"]):
+            tile.factorisations = int(n)
+        self._cache = None
+
     def per_row_noise(self, t: float | None = None) -> bool:
         """Whether :meth:`forward` / :meth:`transpose` with ``per_row=True`` draw the read noise per row: the card
         has read noise and the periphery uses it (``t``: accepted for the callers; drift is applied either way). With

@@ -576,6 +576,32 @@ class DeviceArray:
         c = self.card
         return self._stick(self.g * (max(t, c.drift_t0) / c.drift_t0) ** (-self.nu))
 
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict:
+        """The array's state for a checkpoint: every per-device tensor (conductances, and the bounds, step and drift
+        parameters and stuck masks of its device-to-device sample), the pulse and read counters."""
+        return {"tensors": {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)},
+                "pulses": self._pulses.value, "read_count": self.read_count}
+
+    def load_state_dict(self, state: dict, where: str = "device array") -> None:
+        """Restore :meth:`state_dict` (of an array of the same card and shape: every tensor checked)."""
+        tensors = state["tensors"]
+        mine = {k for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+        if set(tensors) - {"_g_app"} != mine - {"_g_app"}:
+            raise ValueError(f"{where}: the saved device state has {sorted(tensors)}, this {self.card.name!r} "
+                             f"array {sorted(mine)}: another device model")
+        for k, v in tensors.items():
+            cur = getattr(self, k)
+            if cur is not None and (v.shape != cur.shape or v.dtype != cur.dtype):
+                raise ValueError(f"{where}: saved {k} has shape {tuple(v.shape)} ({v.dtype}), the array "
+                                 f"{tuple(cur.shape)} ({cur.dtype})")
+            setattr(self, k, v.to(self.device).clone())
+        if "_g_app" not in tensors:
+            self._g_app = None
+        self._any_stuck = bool(self.stuck.any())
+        self._pulses.value = state["pulses"].to(self.device).clone()
+        self.read_count = int(state["read_count"])
+
     def read_is_exact(self, t: float | None = None) -> bool:
         """Whether :meth:`read` at ``t`` returns ``g`` itself (no read noise, no drift at ``t``): then every such read
         is the programmed state, and a reader may use ``g`` directly (counting the reads: ``read_count``)."""

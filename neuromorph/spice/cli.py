@@ -54,7 +54,7 @@ def _setup(args, ideal_periphery: bool):
     from ..config import load_config
     from ..crossbar import Periphery
     from ..hil import hardware_from_config
-    from ..train import Trainer, load_checkpoint
+    from ..train import CheckpointError, Trainer, load_checkpoint
 
     overrides = list(args.set or [])
     if args.device:
@@ -62,10 +62,17 @@ def _setup(args, ideal_periphery: bool):
     cfg = load_config(args.config, overrides)
     ref = Trainer(replace(cfg, output=replace(cfg.output, checkpoint=False)))
     net = ref.net
-    if args.checkpoint:
-        check_checkpoint_model(load_checkpoint(args.checkpoint), net, args.checkpoint, cfg)
+    ck = load_checkpoint(args.checkpoint) if args.checkpoint else None
+    if ck is not None:
+        check_checkpoint_model(ck, net, args.checkpoint, cfg)
     per = Periphery.ideal(v_read=cfg.hardware.v_read_volt) if ideal_periphery else None
     hw = hardware_from_config(cfg, net, per)
+    if ck is not None and "hardware" in ck:  # a hardware run's trained conductances, exactly as programmed
+        try:
+            hw.load_state_dict(ck["hardware"], f"checkpoint {args.checkpoint!r}")
+        except (KeyError, ValueError, TypeError) as e:
+            raise CheckpointError(f"checkpoint {args.checkpoint!r}: its hardware state does not fit the config's "
+                                  f"arrays ({e}); use the run's config (its config.toml)") from None
     x, y = (ref.x_test, ref.y_test) if args.split == "test" else (ref.x_train, ref.y_train)
     lo, n = args.sample, args.samples
     if not 0 <= lo < len(x):
@@ -130,7 +137,8 @@ def add_parsers(sub) -> None:
                                                           "compare steady states, transients and EP updates")):
         p = sub.add_parser(name, help=help_)
         p.add_argument("--config", required=True, help="TOML config (squared-error loss, fully connected)")
-        p.add_argument("--checkpoint", help="load these weights instead of the initial ones")
+        p.add_argument("--checkpoint", help="load these weights instead of the initial ones (a hardware run's "
+                       "checkpoint: its trained conductances)")
         p.add_argument("--device", help="device card: preset name or .toml path (overrides hardware.device)")
         p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
         p.add_argument("--split", choices=("test", "train"), default="test")
