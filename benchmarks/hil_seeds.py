@@ -22,19 +22,10 @@ from pathlib import Path
 import torch
 
 from neuromorph.config import load_config
-from neuromorph.hil import HardwareTrainer
+from neuromorph.hil import HardwareTrainer, perturb_one_ulp
 from neuromorph.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def perturb_one_ulp(net, seed: int = 123) -> None:
-    """Move every weight by one rounding step of its dtype, relative, with a random sign."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.param_list():
-            sign = 2 * torch.randint(0, 2, p.shape, generator=g) - 1
-            p.mul_(1 + torch.finfo(p.dtype).eps * sign.to(p.dtype))
 
 
 def summary(res: dict, config: str) -> dict:

@@ -182,14 +182,18 @@ def _cmd_angles(args) -> int:
 def _cmd_compare(args) -> int:
     from .hil import compare
 
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: the number of seeds must be an integer >= 1")
+
     overrides = list(args.set or [])
     if args.device:
         overrides.append(f"hardware.device={_quote(args.device)}")
     cfg = load_config(args.config, overrides)
     out = args.out or f"runs/compare/{cfg.name}-{Path(cfg.hardware.device).stem}"
-    s = compare(cfg, out, resume=args.resume)
+    s = compare(cfg, out, resume=args.resume, seeds=args.seeds)
+    spread = f" ± {100 * s['gap_std']:.2f} over {args.seeds} seeds" if args.seeds > 1 else ""
     print(f"\ntable {out}/comparison.md, numbers {out}/comparison.json, curves {out}/learning_curves.png "
-          f"(gap {100 * s['gap']:+.2f} points)")
+          f"(gap {100 * s['gap']:+.2f}{spread} points)")
     return 0
 
 
@@ -253,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set hardware.adc_bits=8 --set hardware.adc_range=4")
     h.add_argument("--out", help="output directory (default runs/compare/<name>-<device>)")
+    h.add_argument("--seeds", type=int, default=1, help="train N seeds of both sides, each with a control (the "
+                   "reference with its initial weights moved by one ulp); the table gives mean ± std and whether the "
+                   "gap is within the seed spread (default 1)")
     h.add_argument("--resume", action="store_true", help="continue both runs from their checkpoints (the hardware's "
                    "holds the device state: a killed comparison ends as an uninterrupted one would)")
     h.set_defaults(func=_cmd_compare)

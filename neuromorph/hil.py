@@ -37,7 +37,7 @@ from .runio import RunLock, json_safe
 from .train import CheckpointError, Trainer
 
 __all__ = ["HardwareTrainer", "HardwareSubstrate", "hardware_from_config", "periphery_from_config", "compare",
-           "hardware_from_checkpoint"]
+           "hardware_from_checkpoint", "perturb_one_ulp"]
 
 
 def periphery_from_config(cfg: RunConfig) -> Periphery:
@@ -242,27 +242,126 @@ def HardwareTrainer(cfg: RunConfig, dataset: Dataset | None = None, out: str | P
     return tr
 
 
-def compare(cfg: RunConfig, out: str | Path, log=print, card: DeviceCard | None = None, resume: bool = False) -> dict:
+def compare(cfg: RunConfig, out: str | Path, log=print, card: DeviceCard | None = None, resume: bool = False,
+            seeds: int = 1) -> dict:
     """Train the ideal reference and the hardware model of ``cfg`` side by side; write the table and the plot.
 
     Returns the summary (also ``out/comparison.json`` and ``out/comparison.md``; curves in
     ``out/learning_curves.png``; each run's metrics and checkpoints under ``out/ideal`` and ``out/hardware``).
-    ``card``: a :class:`DeviceCard` built in Python instead of ``cfg.hardware.device``. ``resume``: continue both
+    ``card``: a :class:`DeviceCard` built in Python instead of ``cfg.hardware.device``. ``resume``: continue the
     runs from their checkpoints (a killed comparison ends as an uninterrupted one would).
+
+    ``seeds`` > 1: seeds ``train.seed + k`` (initial weights, data order, random signs) and ``hardware.seed + k``
+    (the devices' sample, read noise, stochastic programming) for ``k = 0 … seeds − 1``, each with the reference, the hardware and a *control*: the reference again with every
+    initial weight moved by one rounding step of its dtype (:func:`perturb_one_ulp`), whose gap to the reference
+    is the spread EP training gives two runs that differ by nothing that matters (the trajectories of these
+    chaotic dynamics part from any 1e-7 difference). The table gives mean ± standard deviation over the seeds of
+    each accuracy, of the gap and of the control's gap, and says whether the gap is *within the seed spread*:
+    ``|mean gap − mean control gap| ≤ 2·SE`` (the standard error of that difference over the seeds). Runs go to
+    ``out/seed<k>/{ideal,hardware,control}``.
     """
+    if not (isinstance(seeds, int) and not isinstance(seeds, bool) and seeds >= 1):
+        raise ValueError(f"seeds = {seeds!r}: an integer >= 1 is required")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out, f"comparison directory {str(out)!r}"):
-        return _compare(cfg, out, log, card, resume)
+        if seeds == 1:
+            return _compare(cfg, out, log, card, resume)
+        return _compare_seeds(cfg, out, log, card, resume, seeds)
+
+
+def perturb_one_ulp(net, seed: int = 123) -> None:
+    """Move every weight of ``net`` by one rounding step of its dtype (relative ``eps``), with a random sign: the
+    control run of a multi-seed comparison."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.param_list():
+            sign = 2 * torch.randint(0, 2, p.shape, generator=g) - 1
+            p.mul_(1 + torch.finfo(p.dtype).eps * sign.to(p.dtype))
+
+
+def _notes(cfg: RunConfig) -> list[str]:
+    kind = periphery_optimizer_kind(cfg)
+    if kind is None:
+        return []
+    return [f"the hardware runs {kind} in the digital periphery ({OPTIMIZER_STATE_WORDS[kind]} stored number(s) "
+            "per weight)"]
+
+
+def _compare_seeds(cfg: RunConfig, out: Path, log, card: DeviceCard | None, resume: bool, seeds: int) -> dict:
+    import statistics
+
+    from .plots import plot_learning_curves
+
+    rows, curves = [], {}
+    for k in range(seeds):
+        seed = cfg.train.seed + k
+        scfg = replace(cfg, train=replace(cfg.train, seed=seed), hardware=replace(cfg.hardware,
+                                                                                 seed=cfg.hardware.seed + k))
+        d = out / f"seed{seed}"
+        hwt = HardwareTrainer(scfg, out=d / "hardware", card=card, resume=resume)
+        ideal = Trainer(replace(scfg, output=replace(scfg.output, dir=str(d / "ideal"))), dataset=hwt.dataset,
+                        overwrite=not resume, resume=resume)
+        ctl = Trainer(replace(scfg, output=replace(scfg.output, dir=str(d / "control"))), dataset=hwt.dataset,
+                      overwrite=not resume, resume=resume)
+        if ctl.start_epoch == 0:
+            perturb_one_ulp(ctl.net)
+        hist = {"ideal": ideal.fit(log=log), "hardware": hwt.fit(log=log), "control": ctl.fit(log=log)}
+        acc = {name: h[-1]["test_acc"] for name, h in hist.items()}
+        rows.append({"seed": seed, "ideal_test_acc": acc["ideal"], "hardware_test_acc": acc["hardware"],
+                     "control_test_acc": acc["control"], "gap": acc["ideal"] - acc["hardware"],
+                     "control_gap": acc["ideal"] - acc["control"],
+                     "pulses": sum(h["pulses"] for h in hist["hardware"]),
+                     "energy_J": sum(h["energy_J"] for h in hist["hardware"])})
+        for name, h in hist.items():
+            curves[f"{name} (seed {seed})"] = h
+
+    def stat(key: str) -> tuple[float, float]:
+        v = [r[key] for r in rows]
+        return statistics.fmean(v), statistics.stdev(v)
+
+    summary = {"config": cfg.name, "device": hwt.hw.card.name, "epochs": cfg.train.epochs,
+               "seeds": [r["seed"] for r in rows], "per_seed": rows, "notes": _notes(cfg)}
+    for key in ("ideal_test_acc", "hardware_test_acc", "control_test_acc", "gap", "control_gap", "pulses",
+                "energy_J"):
+        summary[key], summary[f"{key}_std"] = stat(key)
+    diff = [r["gap"] - r["control_gap"] for r in rows]
+    se = statistics.stdev(diff) / len(diff) ** 0.5
+    summary["gap_minus_control"], summary["gap_minus_control_se"] = statistics.fmean(diff), se
+    summary["gap_within_seed_spread"] = abs(statistics.fmean(diff)) <= 2 * se
+    (out / "comparison.json").write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False))
+
+    def pm(key: str, scale: float = 100.0, fmt: str = ".2f") -> str:
+        return f"{scale * summary[key]:{fmt}} ± {scale * summary[key + '_std']:{fmt}}"
+
+    verdict = ("within the seed spread (|gap − control gap| ≤ 2 SE)" if summary["gap_within_seed_spread"] else
+               "outside the seed spread (|gap − control gap| > 2 SE)")
+    md = [f"# {cfg.name}: ideal reference vs hardware ({hwt.hw.card.name}), {seeds} seeds", "",
+          "| | mean ± std over seeds |", "|---|---|",
+          f"| reference test accuracy (%) | {pm('ideal_test_acc')} |",
+          f"| hardware test accuracy (%) | {pm('hardware_test_acc')} |",
+          f"| control test accuracy (%): reference, init moved by one ulp | {pm('control_test_acc')} |",
+          f"| gap: reference − hardware (points) | {pm('gap')} |",
+          f"| control gap: reference − control (points) | {pm('control_gap')} |",
+          f"| gap − control gap (points) | {100 * summary['gap_minus_control']:+.2f} ± "
+          f"{100 * se:.2f} (SE): {verdict} |",
+          f"| programming pulses | {pm('pulses', 1.0, '.4g')} |",
+          f"| energy (pulses + reads) (J) | {pm('energy_J', 1.0, '.4g')} |", "",
+          "| seed | reference | hardware | control | gap | control gap |", "|---|---|---|---|---|---|",
+          *[f"| {r['seed']} | {100 * r['ideal_test_acc']:.2f} | {100 * r['hardware_test_acc']:.2f} | "
+            f"{100 * r['control_test_acc']:.2f} | {100 * r['gap']:+.2f} | {100 * r['control_gap']:+.2f} |"
+            for r in rows], "", *[f"Note: {n}." for n in summary["notes"]]]
+    (out / "comparison.md").write_text("\n".join(md) + "\n")
+    plot_learning_curves(curves, out / "learning_curves.png", title=f"{cfg.name}: ideal vs {hwt.hw.card.name}")
+    if log:
+        log("\n".join(md))
+    return summary
 
 
 def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None, resume: bool = False) -> dict:
     from .plots import plot_learning_curves
 
-    notes = []
-    if periphery_optimizer_kind(cfg) is not None:
-        notes.append(f"the hardware runs {periphery_optimizer_kind(cfg)} in the digital periphery "
-                     f"({OPTIMIZER_STATE_WORDS[periphery_optimizer_kind(cfg)]} stored number(s) per weight)")
+    notes = _notes(cfg)
     # the hardware side is built first: a device name, card or network it cannot simulate is refused before
     # any training (its set-up loads the data and maps the initial weights; the reference reuses the data)
     hwt = HardwareTrainer(cfg, out=out / "hardware", card=card, resume=resume)
