@@ -139,11 +139,30 @@ class ConvPool:
     gradient of the convolution with respect to its input applied to the unpooled post activity;
     ``∂Φ/∂w = 𝓟⁻¹(s_post) ⋆ s_pre`` (Eq. 24/25). Weight ``(C_out, C_in, F, F)``, bias ``(C_out,)``.
     Max-pooling commutes with a per-channel constant, so ``𝓟(w ⋆ s + B) = 𝓟(w ⋆ s) + B``.
+
+    Hot path (a float32 or bfloat16 CPU batch, no autograd graph through the call: the relaxation
+    loop; BPTT, Φ as an oracle and float64 take the plain path). The activities run in the
+    channels-last memory format, the layout of oneDNN's fastest convolutions, in which max-pooling
+    and unpooling are vectorised over channels (on NCHW tensors a 2x2 max-pool with indices costs
+    a quarter of the convolution before it); the states a relaxation returns are channels-last
+    tensors. The transposed product unpools into a buffer of the synapse kept across
+    calls (a fresh tensor of the convolution's output size per step costs its page faults; one
+    synapse is not for concurrent use from several threads) and is one ``conv_transpose2d``. An
+    unpadded convolution with at most :attr:`gemm_positions` output positions (the paper's last
+    layer: 4x4 → 2x2) is one im2col matrix product each way. Results agree with the plain path to
+    float32 rounding (summation order); the argmax indices, returned as ``aux = (indices, conv
+    shape)``, are those of ``max_pool2d`` (the first maximum of each window) on either path.
     """
+
+    #: an unpadded convolution with at most this many output positions runs as an im2col product (hot path)
+    gemm_positions = 16
+    #: the dtypes of the hot path: those of oneDNN's convolutions (float64 convolutions gain nothing from it)
+    hot_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 
     def __init__(self, c_in: int, c_out: int, kernel: int, padding: int = 0, pool: int = 2, bias: bool = True):
         self.c_in, self.c_out, self.kernel, self.padding, self.pool = c_in, c_out, kernel, padding, pool
         self.bias = bool(bias)
+        self._unpooled: torch.Tensor | None = None  # the hot path's unpooling buffer (add_transposed)
 
     def conv_shape(self, in_shape: tuple[int, ...]) -> tuple[int, int, int]:
         c, h, w = in_shape
@@ -171,8 +190,43 @@ class ConvPool:
             out.append(b.to(dtype=dtype, device=device))
         return out
 
+    @classmethod
+    def _hot(cls, *ts: torch.Tensor) -> bool:
+        """The hot path applies: a CPU batch of images in a :attr:`hot_dtypes` dtype, no autograd graph to build."""
+        t = ts[0]
+        if t.dim() != 4 or t.device.type != "cpu" or t.dtype not in cls.hot_dtypes:
+            return False
+        return not (torch.is_grad_enabled() and any(u.requires_grad for u in ts))
+
+    def _gemm(self, h: int, w: int) -> bool:
+        """Whether the convolution of an ``h x w`` input runs as one im2col product (hot path)."""
+        ho, wo = h + 2 * self.padding - self.kernel + 1, w + 2 * self.padding - self.kernel + 1
+        return self.padding == 0 and ho * wo <= self.gemm_positions
+
+    def _w_rows(self, w: torch.Tensor) -> torch.Tensor:
+        """The kernel as ``(C_out, F·F·C_in)`` rows in (row, column, channel) order: the channels-last order.
+
+        A copy per call (~2 ms for 512x512x3x3), not one kept across calls: fused optimizers update the weights
+        in place without moving their version counter, so a kept copy could not tell it is stale."""
+        return w.permute(0, 2, 3, 1).reshape(self.c_out, -1)
+
+    def _conv(self, pre: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``w ⋆ pre`` of a channels-last ``pre``, channels-last (hot path)."""
+        b, c, h, wd = pre.shape
+        if not self._gemm(h, wd):
+            return torch.nn.functional.conv2d(pre, w, padding=self.padding)
+        k = self.kernel
+        ho, wo = h - k + 1, wd - k + 1
+        s = pre.stride()  # (H·W·C, 1, W·C, C): the windows are strided views of the channels-last memory
+        cols = pre.as_strided((b, ho, wo, k, k, c), (s[0], s[2], s[3], s[2], s[3], s[1]))
+        out = cols.reshape(b * ho * wo, k * k * c) @ self._w_rows(w).t()
+        return out.view(b, ho, wo, self.c_out).permute(0, 3, 1, 2)
+
     def _pool(self, pre: torch.Tensor, w: torch.Tensor):
-        c = torch.nn.functional.conv2d(pre, w, padding=self.padding)
+        if self._hot(pre, w):
+            c = self._conv(pre.contiguous(memory_format=torch.channels_last), w)
+        else:
+            c = torch.nn.functional.conv2d(pre, w, padding=self.padding)
         z, idx = torch.nn.functional.max_pool2d(c, self.pool, self.pool, return_indices=True)
         return z, (idx, c.shape)
 
@@ -184,6 +238,8 @@ class ConvPool:
 
     def forward(self, p: Sequence[torch.Tensor], pre: torch.Tensor, const: torch.Tensor, alpha: float):
         z, aux = self._pool(pre, p[0])
+        if self._hot(z, const) and const.dtype == z.dtype:  # into the pooled tensor: its layout, no new tensor
+            return torch.add(const, z, alpha=alpha, out=z), aux
         return torch.add(const, z, alpha=alpha), aux
 
     def indices(self, p: Sequence[torch.Tensor], pre: torch.Tensor):
@@ -194,10 +250,36 @@ class ConvPool:
         idx, conv_shape = aux
         return torch.nn.functional.max_unpool2d(post, idx, self.pool, self.pool, output_size=conv_shape[-2:])
 
+    def _unpool_buffer(self, post: torch.Tensor, aux) -> torch.Tensor:
+        """:meth:`unpool` of a channels-last ``post`` into this synapse's buffer (overwritten by the next call)."""
+        idx, conv_shape = aux
+        buf = self._unpooled
+        if buf is None or buf.shape != conv_shape or buf.dtype != post.dtype:
+            buf = torch.empty(conv_shape, dtype=post.dtype, memory_format=torch.channels_last)
+            self._unpooled = buf
+        return torch.ops.aten.max_unpool2d.out(post, idx, list(conv_shape[-2:]), out=buf)
+
     def add_transposed(self, p: Sequence[torch.Tensor], aux, acc: torch.Tensor, post: torch.Tensor, alpha: float,
                        inplace: bool) -> torch.Tensor:
-        fb = torch.nn.grad.conv2d_input(acc.shape, p[0], self.unpool(post, aux), padding=self.padding)
-        return acc.add_(fb, alpha=alpha) if inplace else acc + alpha * fb
+        w = p[0]
+        if not (self._hot(post, w, acc) and acc.dtype == post.dtype):
+            fb = torch.nn.grad.conv2d_input(acc.shape, w, self.unpool(post, aux), padding=self.padding)
+            return acc.add_(fb, alpha=alpha) if inplace else acc + alpha * fb
+        u = self._unpool_buffer(post.contiguous(memory_format=torch.channels_last), aux)
+        if not self._gemm(acc.shape[-2], acc.shape[-1]):
+            fb = torch.nn.functional.conv_transpose2d(u, w, padding=self.padding)
+            return acc.add_(fb, alpha=alpha) if inplace else torch.add(acc, fb, alpha=alpha, out=fb)
+        # im2col form: one product gives every output position's F x F window of the transposed product,
+        # added into the accumulator (col2im) window by window
+        b, _, ho, wo = u.shape
+        k = self.kernel
+        cols = (u.permute(0, 2, 3, 1).reshape(b * ho * wo, self.c_out) @ self._w_rows(w)).view(b, ho, wo, k, k, -1)
+        out = acc if inplace else acc.clone(memory_format=torch.channels_last)
+        o = out.permute(0, 2, 3, 1)
+        for i in range(ho):
+            for j in range(wo):
+                o[:, i:i + k, j:j + k].add_(cols[:, i, j], alpha=alpha)
+        return out
 
     def phi(self, p: Sequence[torch.Tensor], pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
         z, _ = self.drive(p, pre)
@@ -214,8 +296,10 @@ class ConvPool:
             pre = x_pre.repeat(n_phases, *([1] * (x_pre.dim() - 1))) if n_phases > 1 else x_pre
         _, aux = self._pool(pre if index_pre is None else index_pre, p[0])
         u = self.unpool(post_c, aux)
+        if self._hot(pre, u):
+            pre = pre.contiguous(memory_format=torch.channels_last)
         gw = torch.nn.grad.conv2d_weight(pre, p[0].shape, u, padding=self.padding)
-        out = [gw / batch]
+        out = [gw.contiguous() / batch]  # the parameters' layout: fused optimizers take the gradient's memory as is
         if self.bias:
             out.append(post_c.sum((0, 2, 3)) / batch)
         return out
