@@ -520,8 +520,9 @@ def test_fit_recovers_a_neurosim_card(tmp_path):
 
 
 def test_fit_recovers_soft_bounds_and_linear_step_cards(tmp_path):
+    # additive noise (the soft-bounds fit's noise model; the card default is aihwkit's mult_noise = true)
     sb = DeviceCard(name="sb", model="soft_bounds", g_min=1e-6, g_max=1e-5, dw_min=0.01, up_down=0.2,
-                    dw_min_std=0.1)
+                    dw_min_std=0.1, mult_noise=False)
     tr = pulse_response(sb, 300, 300, generator=gen(2))[:, 0].numpy()
     c = fit_csv(_write_csv(tmp_path / "sb.csv", tr, 300), "soft_bounds").card
     assert c.dw_min == pytest.approx(0.01, rel=0.05) and c.up_down == pytest.approx(0.2, abs=0.04)

@@ -34,7 +34,7 @@ from typing import Any
 from .units import KIND_DOC, UNITS, canonical_unit, convert
 
 __all__ = ["DeviceCard", "DeviceCardError", "MODELS", "PARAMETERS", "load_card", "list_presets", "preset_dir",
-           "card_to_toml", "dump_card", "STEP_MODELS", "parameter_range"]
+           "card_to_toml", "dump_card", "STEP_MODELS", "parameter_range", "MULT_NOISE_DEFAULT"]
 
 MODELS = ("ideal", "constant_step", "linear_step", "soft_bounds", "exp_step", "neurosim")
 STEP_MODELS = ("constant_step", "linear_step", "soft_bounds", "exp_step")
@@ -74,8 +74,9 @@ PARAMETERS: dict[str, _Spec] = {
     "w_min_dtod": _Spec("dimensionless", _STEP, "device-to-device std of the lower bound, relative to |w_min|"),
     "write_noise_std": _Spec("dimensionless", ("linear_step", "soft_bounds", "exp_step"),
                              "write noise std on the apparent conductance after an update, in units of dw_min"),
-    "mult_noise": _Spec("bool", ("linear_step", "soft_bounds"), "multiplicative (true) or additive (false) "
-                        "cycle-to-cycle noise"),
+    "mult_noise": _Spec("bool", ("linear_step", "soft_bounds"), "multiplicative (true: relative to the state-"
+                        "dependent step) or additive (false: relative to the nominal step) cycle-to-cycle noise; "
+                        "default true, as in aihwkit"),
     "gamma_up": _Spec("dimensionless", ("linear_step", "exp_step"), "linear step: relative step decrease at the "
                       "upper bound; exp step: exponent of the up direction", nonneg=False),
     "gamma_down": _Spec("dimensionless", ("linear_step", "exp_step"), "as gamma_up, down direction", nonneg=False),
@@ -185,6 +186,11 @@ def _range_text(key: str) -> str:
 _DEVICE_KEYS = {"name": str, "model": str, "description": str, "citation": str, "source": str, "notes": str,
                 "references": list}
 _PARAM_ENTRY_KEYS = {"value", "unit", "source", "note", "verified"}
+#: ``mult_noise`` of a card that does not set it: aihwkit's default, ``True`` for ``LinearStepDevice`` and
+#: ``SoftBoundsDevice`` (IBM/aihwkit src/aihwkit/simulator/configs/devices.py at b15868671b33, lines 483 and 549:
+#: ``mult_noise: bool = True``, "Whether to use multiplicative noise instead of additive cycle-to-cycle noise").
+#: The other models have no such switch (False, unused).
+MULT_NOISE_DEFAULT: dict[str, bool] = {"linear_step": True, "soft_bounds": True}
 _NON_IDEALITIES = ("dw_min_dtod", "dw_min_std", "up_down_dtod", "w_max_dtod", "w_min_dtod", "write_noise_std",
                    "gamma_up_dtod", "gamma_down_dtod", "dw_min_std_add", "dw_min_std_slope", "c2c_sigma", "nl_dtod",
                    "g_min_dtod", "g_max_dtod", "read_noise_std", "stuck_at_min_frac", "stuck_at_max_frac",
@@ -222,7 +228,9 @@ class DeviceCard:
     w_max_dtod: float = 0.0
     w_min_dtod: float = 0.0
     write_noise_std: float = 0.0
-    mult_noise: bool = False
+    #: None (not given): the model's default, :data:`MULT_NOISE_DEFAULT` (aihwkit: True for linear_step and
+    #: soft_bounds); resolved to a bool when the card is built
+    mult_noise: bool | None = None
     gamma_up: float = 0.0
     gamma_down: float = 0.0
     gamma_up_dtod: float = 0.0
@@ -263,6 +271,8 @@ class DeviceCard:
     provenance: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
+        if self.mult_noise is None:
+            object.__setattr__(self, "mult_noise", MULT_NOISE_DEFAULT.get(self.model, False))
         _validate(self, where="DeviceCard")
 
     # ------------------------------------------------------------------ derived
@@ -589,6 +599,7 @@ def card_to_toml(card: DeviceCard, *, only_nondefault: bool = True, header: str 
     if card.references:
         lines.append("references = [" + ", ".join(_q(r) for r in card.references) + "]")
     lines += ["", "[parameters]"]
+    # mult_noise's field default is None (the model's default), so it is always written where it applies
     defaults = {f.name: f.default for f in fields(DeviceCard)}
     prov = dict(card.provenance)
     for key, spec in PARAMETERS.items():

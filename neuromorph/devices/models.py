@@ -19,7 +19,8 @@ One pulse (xi a fresh standard normal per pulse and device, sigma = ``dw_min_std
 
 * ``constant_step`` (aihwkit ConstantStep):   w += s_up (1 + sigma xi)   |   w -= s_dn (1 + sigma xi)
 * ``linear_step`` (aihwkit LinearStep):        w += (k_up w + s_up)(1 + sigma xi)  |  w -= (k_dn w + s_dn)(1 + sigma xi)
-  (additive noise: the noise multiplies only s), with ``k_up = -|gamma_up + gamma_up_dtod xi| s_up / w_ref_up``,
+  with ``mult_noise`` (the default, as in aihwkit); ``mult_noise = false`` (additive noise: the noise multiplies
+  only s): w += k_up w + s_up (1 + sigma xi), with ``k_up = -|gamma_up + gamma_up_dtod xi| s_up / w_ref_up``,
   ``k_dn = -|gamma_down + gamma_down_dtod xi| s_dn / w_ref_dn``, ``w_ref`` = w_max / w_min (mean_bound_reference)
   or the device's b_max / b_min.
 * ``soft_bounds`` (aihwkit SoftBounds): linear step with gamma = 1 and the device's own bounds,
