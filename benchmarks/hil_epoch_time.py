@@ -44,7 +44,7 @@ def main() -> None:
     for config in args.config:
         name = str(config.resolve().relative_to(ROOT))
         for dev in args.devices:
-            cfg = load_config(config, [f"data.n_train={args.n_train}", "train.progress=false",
+            cfg = load_config(config, [f"data.n_train={args.n_train}", "train.progress=false", "hardware.w_max=1",
                                        "output.checkpoint=false", f'hardware.device="{dev}"',
                                        f'output.dir="{ROOT / "runs/bench/hil_time"}"'])
             ideal = Trainer(cfg, dataset=dataset, overwrite=True)

@@ -60,7 +60,7 @@ def main() -> None:
         cfg = load_config(path, [
             f"train.seed={seed}", f"train.epochs={args.epochs}", f"train.decay_epochs={args.epochs}",
             *([f"data.n_train={args.n_train}"] if args.n_train else []), "train.progress=false",
-            "output.checkpoint=false",
+            "output.checkpoint=false", "hardware.w_max=1",  # as measured in the README (the default is now "auto")
             f'hardware.device="{card}"', "hardware.read_noise=false",
             f'output.dir="{ROOT / "runs/bench/hil_seeds"}"'])
         ref = Trainer(cfg, overwrite=True)

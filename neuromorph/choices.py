@@ -7,5 +7,7 @@ maps each name to its solver or update mode.
 SOLVERS = ("euler", "heun", "rk4", "bosh3", "dopri5")
 """Circuit settling: explicit Euler, Heun, RK4 (fixed step); Bogacki–Shampine 3(2), Dormand–Prince 5(4) (adaptive)."""
 
-UPDATE_MODES = ("stochastic_rounding", "deterministic", "manhattan", "pulse_train")
-"""Update requests → programming pulses (:meth:`neuromorph.hardware.HardwareNetwork.apply_update`)."""
+UPDATE_MODES = ("stochastic_rounding", "deterministic", "manhattan", "pulse_train", "mixed_precision")
+"""Update requests → programming pulses (:meth:`neuromorph.hardware.HardwareNetwork.apply_update`);
+``mixed_precision``: a digital accumulator per weight, a pulse when it passes the device's step (Nandakumar et al.
+2020)."""

@@ -124,6 +124,10 @@ class EPConfig:
     rule: str = "ep"
     """Learning rule: ``"ep"`` (Eq. 24–29, bidirectional networks), ``"vf"`` (Eq. 33/34) or ``"kp_vf"``
     (Kolen-Pollack VF, Eq. 35–37) for unidirectional networks. Table 1's VF rows use the symmetric estimator."""
+    steady_tol: float = 0.0
+    """The ideal engine's steady-state stop: a phase (free, nudged, evaluation) ends after the first step at which
+    every sample's residual ``max_k ‖s_t − s_{t−1}‖_∞`` is at most this; ``T`` and ``K`` are then maxima. 0 (the
+    paper's recipes): exactly ``T`` and ``K`` steps. (The hardware's is ``hardware.settle_tol``.)"""
 
     def __post_init__(self):
         _choice("ep.estimator", self.estimator, ESTIMATORS)
@@ -132,6 +136,8 @@ class EPConfig:
         _check("ep.T", self.T >= 1, self.T, "an integer >= 1")
         _check("ep.K", self.K >= 1, self.K, "an integer >= 1")
         _check("ep.convergence_tol", self.convergence_tol > 0, self.convergence_tol, "> 0")
+        _check("ep.steady_tol", math.isfinite(self.steady_tol) and self.steady_tol >= 0, self.steady_tol,
+               "a finite number >= 0 (0: fixed steps)")
 
 
 ALGORITHMS = ("ep", "bptt")
@@ -239,9 +245,11 @@ class HardwareConfig:
     """Device card: a preset name (``neuromorph device list``) or a path to a card TOML."""
     g0_siemens: float = 0.0
     """Weight scale g0 [S] of ``W = (G+ − G−)/g0`` (0: from ``w_max``)."""
-    w_max: float = 1.0
+    w_max: float | str = "auto"
     """Weight held by a pair with one device at g_max and the other at g_min: ``g0 = (g_max − g_min)/w_max``
-    (used when ``g0_siemens`` is 0). Smaller ``w_max`` spends the device's states on a smaller weight range."""
+    (used when ``g0_siemens`` is 0). Smaller ``w_max`` spends the device's states on a smaller weight range.
+    ``"auto"``: per array, ``W_MAX_AUTO`` (4) times the largest initial weight of its layer
+    (:func:`neuromorph.hil.auto_weight_ranges`; docs/results.md has the measurement behind it)."""
     mapping: str = "min"
     """Weights → conductance pairs: ``"min"`` (one device at g_min) or ``"symmetric"`` (around the midpoint)."""
     policy: str = "bidirectional"
@@ -269,7 +277,8 @@ class HardwareConfig:
     activity_bits: int = 0
     """ADC resolution of the neuron activities read for the local update (0: exact)."""
     update: str = "stochastic_rounding"
-    """Update requests → pulses: ``stochastic_rounding``, ``deterministic``, ``manhattan`` or ``pulse_train``."""
+    """Update requests → pulses: ``stochastic_rounding``, ``deterministic``, ``manhattan``, ``pulse_train`` or
+    ``mixed_precision`` (a digital accumulator per weight, a pulse when it passes the device's step)."""
     manhattan_threshold: float = 0.0
     """Manhattan updates: fire one pulse where ``|ΔW|`` exceeds this (weight units)."""
     refresh_threshold: float = 0.0
@@ -300,9 +309,12 @@ class HardwareConfig:
                      "refresh_threshold", "settle_tol"):
             v = getattr(self, name)
             _check(f"hardware.{name}", math.isfinite(v) and v >= 0, v, "a finite number >= 0")
-        for name in ("capacitance_farad", "v_read_volt", "dt_tau", "rtol", "atol", "w_max"):
+        for name in ("capacitance_farad", "v_read_volt", "dt_tau", "rtol", "atol"):
             v = getattr(self, name)
             _check(f"hardware.{name}", math.isfinite(v) and v > 0, v, "a finite number > 0")
+        w = self.w_max
+        _check("hardware.w_max", w == "auto" if isinstance(w, str) else math.isfinite(w) and w > 0, w,
+               "\"auto\" or a finite number > 0")
         _check("hardware.adc_range", not (self.adc_bits and not self.adc_range), self.adc_range,
                "> 0 when hardware.adc_bits is set (the ADC full scale, weight units)")
         _check("hardware.refresh_threshold", self.refresh_threshold < 0.5, self.refresh_threshold, "in [0, 0.5)")
@@ -355,6 +367,10 @@ def _coerce(path: str, value: Any, tp: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{path} = {value!r} is invalid: must be a string")
         return value
+    if typing.get_args(tp) == (float, str):  # a number or a keyword (hardware.w_max = "auto")
+        if isinstance(value, str):
+            return value
+        return _coerce(path, value, float)
     raise TypeError(f"unsupported annotation {tp} at {path}")  # a programming error, not user input
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .circuit import ConvergenceError, NodeField
+from .fastrelax import try_relax
 from .network import LayeredNetwork, State
 from .phase import iterate, node_targets
 
@@ -34,6 +35,8 @@ class RelaxResult:
     state: State
     residual: torch.Tensor | None
     trajectory: list[State] | None = None
+    steps: int | None = None
+    """Steps taken: the requested number, or fewer with the steady-state stop (``tol``)."""
 
     def converged(self, tol: float) -> torch.Tensor:
         """Per-sample boolean: the last step moved no unit by more than ``tol``."""
@@ -44,7 +47,8 @@ class RelaxResult:
 
 def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
           y: torch.Tensor | None = None, beta: float | torch.Tensor = 0.0,
-          params=None, record: bool = False, track_grad: bool = False, masks: list | None = None) -> RelaxResult:
+          params=None, record: bool = False, track_grad: bool = False, masks: list | None = None,
+          tol: float | None = None) -> RelaxResult:
     """Run ``steps`` synchronous steps of ``s ← σ(∂Φ/∂s − β ∂ℓ/∂s)`` from ``state``.
 
     Args:
@@ -60,11 +64,22 @@ def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
         track_grad: keep the autograd graph (BPTT); otherwise the loop runs in place under
             ``torch.no_grad``.
         masks: scaled dropout masks per layer (App. F.3), fixed for the whole relaxation.
+        tol: the steady-state stop: end after the first step at which every sample's residual
+            ``max_k ‖s_t − s_{t−1}‖_∞`` is at most ``tol`` (``steps`` is then a maximum; the result's
+            ``steps`` says how many ran). ``None``: exactly ``steps`` steps (the paper's recipes).
     """
+    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0 and tol == tol):
+        raise ValueError(f"tol = {tol!r}: a steady-state tolerance must be a number > 0 (or None: fixed steps)")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     if y is None and not (isinstance(beta, (int, float)) and beta == 0):
         raise ValueError("a nudged phase (beta != 0) needs targets y")
+    # the compiled loop (fastrelax) where it applies
+    if not track_grad and not record and params is None and tol is None:
+        res = try_relax(net, drive, state, steps, y=y, beta=beta, masks=masks)
+        if res is not None:
+            res.steps = steps
+            return res
     ctx = torch.enable_grad() if track_grad else torch.no_grad()
     with ctx:
         consts, ngb = net.constants(drive, y, beta, params)
@@ -74,9 +89,9 @@ def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
         def target(s: State) -> list[torch.Tensor]:
             return node_targets(reads, s, masks=masks, offset=o, inplace=inplace)
 
-        s, _, residual, traj = iterate(target, net.act.unit_, net.act.unit_fn, state, steps, inplace=inplace,
-                                       record=record)
-    return RelaxResult(s, residual, traj)
+        s, _, residual, traj, n = iterate(target, net.act.unit_, net.act.unit_fn, state, steps, inplace=inplace,
+                                          record=record, tol=tol)
+    return RelaxResult(s, residual, traj, n)
 
 
 def ideal_field(net: LayeredNetwork, drive: torch.Tensor, *, tau: float, y: torch.Tensor | None = None,

@@ -302,7 +302,7 @@ def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimato
                  T: int, K: int, *, generator: torch.Generator | None = None,
                  free: RelaxResult | None = None, drive: torch.Tensor | None = None,
                  record_nudged: bool = False, masks: list | None = None, rule: str = "ep",
-                 precision: str = "highest") -> EPResult:
+                 precision: str = "highest", tol: float | None = None) -> EPResult:
     """One EP iteration: free phase (T steps from 0), nudged phases (K steps from ``s_*``), estimate.
 
     All nudged phases of the plan run together as one batch of ``J·B`` rows (``J = 2`` for the
@@ -314,6 +314,8 @@ def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimato
     convolutions use TF32; ``"bfloat16"`` relaxes with bfloat16 copies of the weights, drive and
     masks. Either way the steady states are brought back to the network's dtype before the
     estimate, so its differences (``s^β − s^{−β}``, divided by 2β) and the update stay in fp32/fp64.
+    ``tol``: the steady-state stop of every phase (:func:`~neuromorph.dynamics.relax`; ``T`` and ``K`` are then
+    maxima).
     """
     check_rule(net, rule)
     if precision not in PRECISIONS:
@@ -329,7 +331,7 @@ def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimato
             masks = None if masks is None else [None if m is None else m.to(low) for m in masks]
         if free is None:
             free = relax(net, drive, [s.to(drive.dtype) for s in net.zero_state(batch)], T, masks=masks,
-                         params=params)
+                         params=params, tol=tol)
         plan = estimator.plan(generator)
         J = len(plan.betas)
         start = [s.repeat(J, *([1] * (s.dim() - 1))) for s in free.state]
@@ -339,7 +341,7 @@ def ep_gradients(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, estimato
         masksJ = None if masks is None else [None if m is None else m.repeat(J, *([1] * (m.dim() - 1)))
                                              for m in masks]
         nudged = relax(net, driveJ, start, K, y=yJ, beta=beta_col, record=record_nudged, masks=masksJ,
-                       params=params)
+                       params=params, tol=tol)
         if low is not None:
             free, nudged, masks, masksJ = _to_dtype(net.dtype, free, nudged, masks, masksJ)
         grads = estimate_from_states(net, x, y, net.masked(free.state, masks), net.masked(nudged.state, masksJ),
@@ -367,7 +369,8 @@ def _tf32(enable: bool):
 def _to_dtype(dtype, free: RelaxResult, nudged: RelaxResult, masks, masksJ):
     def res(r: RelaxResult) -> RelaxResult:
         traj = None if r.trajectory is None else [[s.to(dtype) for s in st] for st in r.trajectory]
-        return RelaxResult([s.to(dtype) for s in r.state], None if r.residual is None else r.residual.to(dtype), traj)
+        return RelaxResult([s.to(dtype) for s in r.state], None if r.residual is None else r.residual.to(dtype), traj,
+                           r.steps)
 
     def ms(m):
         return None if m is None else [None if t is None else t.to(dtype) for t in m]

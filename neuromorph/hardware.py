@@ -228,7 +228,9 @@ class HardwareNetwork:
         card: a :class:`DeviceCard` or a preset name / card path.
         periphery: DAC/ADC/IR drop/read noise of every array (:class:`Periphery`).
         tile_size: ``(rows, cols)`` of one tile; larger matrices are split across tiles.
-        g0: weight scale [S] (default: the card's range ``g_max − g_min``).
+        g0: weight scale [S] (default: the card's range ``g_max − g_min``); a dict ``{"w1": …, "w2": …, "w_out": …}``
+            gives each synapse layer (its backward array too) and the read-out its own (``hardware.w_max = "auto"``);
+            the nodes' time constant ``τ = C/g0`` is then the first array's.
         mapping, policy: see :class:`~neuromorph.crossbar.pairs.DifferentialArray`.
         capacitance: node capacitance C [F]; ``τ = C/g0`` [s].
         activity_bits: resolution of the ADC that reads the neuron activities (range ``[0, 1]`` for the
@@ -241,7 +243,8 @@ class HardwareNetwork:
     """
 
     def __init__(self, net: LayeredNetwork, card: DeviceCard | str, periphery: Periphery | None = None, *,
-                 tile_size: Sequence[int] = (256, 256), g0: float | None = None, mapping: str = "min",
+                 tile_size: Sequence[int] = (256, 256), g0: float | dict[str, float] | None = None,
+                 mapping: str = "min",
                  policy: str = "bidirectional", capacitance: float = 1e-12, activity_bits: int = 0,
                  read_time: float | None = None, reread_input: bool = False,
                  generator: torch.Generator | None = None) -> None:
@@ -256,29 +259,41 @@ class HardwareNetwork:
         self.activity_bits = activity_bits
         self.read_time = read_time
         self.reread_input = bool(reread_input)
-        kw = dict(tile_size=tile_size, generator=self.generator, device=net.device, dtype=net.dtype, g0=g0,
+        kw = dict(tile_size=tile_size, generator=self.generator, device=net.device, dtype=net.dtype,
                   mapping=mapping, policy=policy)
         per, ro, back = net._split(None)
+        names = [f"w{k + 1}" for k in range(len(net.synapses))] + (["w_out"] if ro is not None else [])
+        if isinstance(g0, dict):  # a weight scale per synapse layer (its backward array shares it) and read-out
+            if set(g0) != set(names):
+                raise ValueError(f"g0 per array: got {sorted(g0)}, the arrays are {names}")
+            g0_of = dict(g0)
+        else:
+            g0_of = dict.fromkeys(names, g0)
         self.forward_arrays: list[CrossbarLayer] = []
         self.backward_arrays: list[CrossbarLayer | None] = []
         self.representable: dict[str, float] = {}
         for k, syn in enumerate(net.synapses):
             w = self._augment(per[k], syn)
-            arr = CrossbarLayer(w.shape[0], w.shape[1], self.card, self.periphery, **kw)
+            arr = CrossbarLayer(w.shape[0], w.shape[1], self.card, self.periphery, g0=g0_of[f"w{k + 1}"], **kw)
             self.representable[f"w{k + 1}"] = arr.set_weights(w, count=False)
             self.forward_arrays.append(arr)
             if back[k] is not None:
                 wb = back[k].detach().reshape(back[k].shape[0], -1)  # a conv kernel unrolled: (c_out, c_in·k·k)
-                b = CrossbarLayer(wb.shape[0], wb.shape[1], self.card, self.periphery, **kw)
+                b = CrossbarLayer(wb.shape[0], wb.shape[1], self.card, self.periphery, g0=g0_of[f"w{k + 1}"], **kw)
                 self.representable[f"w{k + 1}_back"] = b.set_weights(wb, count=False)
                 self.backward_arrays.append(b)
             else:
                 self.backward_arrays.append(None)
         self.readout_array: CrossbarLayer | None = None
         if ro is not None:
-            self.readout_array = CrossbarLayer(ro.shape[0], ro.shape[1], self.card, self.periphery, **kw)
+            self.readout_array = CrossbarLayer(ro.shape[0], ro.shape[1], self.card, self.periphery, g0=g0_of["w_out"],
+                                               **kw)
             self.representable["w_out"] = self.readout_array.set_weights(ro.detach(), count=False)
+        self.accumulators: dict[str, torch.Tensor] = {}
+        """Mixed precision's digital accumulators per array (nominal steps), made at the first update."""
         self.g0 = self.forward_arrays[0].g0
+        """The first array's weight scale [S] (every array's unless ``g0`` was given per array: :attr:`g0s`)."""
+        self.g0s = {name: a.g0 for name, a in self.arrays().items()}
         self.tau = float(capacitance) / self.g0
         self.sync_shadow()
 
@@ -495,8 +510,8 @@ class HardwareNetwork:
         activities, ``max|s_T − s_{T−1}|`` per sample, exactly the reference relaxation's residual (a node
         driven past a rail keeps moving in ``u`` while its output stays clamped).
         """
-        s, u, residual, _ = iterate(f.target, self.net.act.unit_, f.unit, f.state(list(u0)), steps,
-                                    keep_targets=True)
+        s, u, residual, _, _ = iterate(f.target, self.net.act.unit_, f.unit, f.state(list(u0)), steps,
+                                       keep_targets=True)
         if u is None:  # zero steps: the phase stays where it starts
             u, residual = list(u0), torch.zeros(s[0].shape[0], dtype=s[0].dtype, device=s[0].device)
         res = SettleResult(u, s, steps * self.tau, None, None, residual, steps, 0, steps, "t_end")
@@ -612,7 +627,8 @@ class HardwareNetwork:
         tensors of the changes are built).
 
         ``mode`` (:data:`UPDATE_MODES`): ``"stochastic_rounding"`` / ``"deterministic"`` / ``"manhattan"`` turn
-        the request into pulse counts per device (:meth:`CrossbarLayer.program`); ``"pulse_train"`` fires
+        the request into pulse counts per device (:meth:`CrossbarLayer.program`); ``"mixed_precision"`` adds it to a
+        digital accumulator per device pair and fires its whole steps (:meth:`_accumulate`); ``"pulse_train"`` fires
         aihwkit-style stochastic pulse trains of the rows themselves (coincidences of the pre and post trains,
         all devices in parallel). A backward array named in ``shared`` (KP-VF, :meth:`shared_arrays`) receives
         exactly the pulses of its forward array (bias line excluded): the same counts or the same trains. The
@@ -651,7 +667,9 @@ class HardwareNetwork:
             lr = lr_of[name]
             da = arr.array
             before = arr.weights() if leakage else None
-            if changes is not None:
+            if changes is not None and mode == "mixed_precision":
+                c, dw = self._accumulate(name, da, changes[name].div_(da.dw), None, realised)
+            elif changes is not None:
                 c, dw = da.program_steps(changes[name].div_(da.dw), mode=mode, threshold=threshold / da.dw,
                                          realised=realised)
             elif name in shared:  # the forward array's pulses, bias line excluded
@@ -665,7 +683,11 @@ class HardwareNetwork:
             else:  # the request in nominal steps, scaled once, of the columns whose pre-activities are not all 0
                 cols = _live_columns(pre)
                 req = (post.t() @ (pre if cols is None else pre.index_select(1, cols))).mul_(lr / (batch * da.dw))
-                c, dw = da.program_steps(req, cols=cols, mode=mode, threshold=threshold / da.dw, realised=realised)
+                if mode == "mixed_precision":
+                    c, dw = self._accumulate(name, da, req, cols, realised)
+                else:
+                    c, dw = da.program_steps(req, cols=cols, mode=mode, threshold=threshold / da.dw,
+                                             realised=realised)
             counts[name] = c
             if leakage:
                 dw_leak = da.program(-lr * leakage * before)
@@ -677,13 +699,32 @@ class HardwareNetwork:
         self.sync_shadow()
         return out if realised else None
 
+    def _accumulate(self, name: str, da, req: torch.Tensor, cols: torch.Tensor | None, realised: bool):
+        """Mixed precision (Nandakumar et al. 2020): the request (nominal steps; of the columns ``cols`` only, when
+        given) is added to the array's digital accumulator ``χ``; every device pair whose ``|χ|`` reached one
+        nominal step fires ``trunc(χ)`` pulses, and ``χ`` keeps the rest (``|χ| < 1`` step after every update).
+        The accumulator subtracts the nominal steps fired, not what the device realised (the chip does not read
+        its devices to update ``χ``). Returns the counts and the realised ``ΔW``."""
+        acc = self.accumulators.get(name)
+        if acc is None:
+            acc = self.accumulators[name] = torch.zeros(da.shape, dtype=req.dtype, device=req.device)
+        if cols is None:
+            acc.add_(req)
+        else:
+            acc.index_add_(1, cols, req)
+        n = torch.trunc(acc)
+        acc.sub_(n)
+        dtype = torch.int32 if n.numel() == 0 or float(n.abs().max()) < 2.0 ** 31 - 2 else torch.int64
+        return n.to(dtype), da.apply_weight_pulses(n.to(dtype), realised=realised)
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly: every array's devices (conductances, per-device
         parameters, stuck masks, drift exponents), counters, and the generator's state (read noise, stochastic
         programming)."""
         return {"arrays": {name: arr.state_dict() for name, arr in self.arrays().items()},
-                "generator": self.generator.get_state(), "card": self.card.name}
+                "generator": self.generator.get_state(), "card": self.card.name,
+                "accumulators": {k: v.clone() for k, v in self.accumulators.items()}}
 
     def load_state_dict(self, state: dict, where: str = "checkpoint") -> None:
         """Restore :meth:`state_dict` into this network's arrays (same card and architecture; checked) and refresh
@@ -696,6 +737,7 @@ class HardwareNetwork:
         for name, arr in arrays.items():
             arr.load_state_dict(state["arrays"][name], f"{where}: array {name}")
         self.generator.set_state(state["generator"])
+        self.accumulators = {k: v.clone() for k, v in state.get("accumulators", {}).items()}
         self.sync_shadow()
 
     # ------------------------------------------------------------------ statistics

@@ -19,6 +19,7 @@ phase, and the fraction of samples whose free phase did not settle.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import replace
 from functools import partial
@@ -47,6 +48,36 @@ def periphery_from_config(cfg: RunConfig) -> Periphery:
                      read_noise=h.read_noise)
 
 
+W_MAX_AUTO = 4.0
+"""``hardware.w_max = "auto"``: each array's weight range is this multiple of its layer's largest initial weight."""
+
+
+def auto_weight_ranges(net) -> dict[str, float]:
+    """``hardware.w_max = "auto"``: per array (``w1``, ``w2``, …, ``w_out``; a backward array shares its layer's),
+    ``W_MAX_AUTO`` times the largest initial weight or bias of the layer (forward and backward weights).
+
+    Why: a pair spends its device's states evenly over ``[−w_max, w_max]``, and the default ``w_max = 1`` puts
+    most of them where no weight will ever be (PyTorch's init bound is ``1/√fan_in``: 0.036 for MNIST's first
+    layer, so at ``w_max = 1`` its weights use ~4 % of the range and a device with ~1,500 nominal steps has a few
+    dozen of them left). EP's trained weights grow to a few times their initial bound; 4x keeps them
+    representable while spending the states on them. Measured in docs/results.md (MNIST 784-512-10 on ReRAM ES:
+    gap +57 points at ``w_max = 1``, +0.7 at 0.25, about the 4x rule's 0.14–0.18)."""
+    per, ro, back = net._split(None)
+    out = {}
+    for k in range(len(net.synapses)):
+        m = max(float(p.detach().abs().max()) for p in per[k])
+        if back[k] is not None:
+            m = max(m, float(back[k].detach().abs().max()))
+        out[f"w{k + 1}"] = W_MAX_AUTO * m
+    if ro is not None:
+        out["w_out"] = W_MAX_AUTO * float(ro.detach().abs().max())
+    for name, w in out.items():
+        if not (w > 0 and math.isfinite(w)):
+            raise ValueError(f"hardware.w_max = \"auto\": the initial weights of {name} are all 0 or not finite; "
+                             "set hardware.w_max to a number")
+    return out
+
+
 def hardware_from_config(cfg: RunConfig, net, periphery: Periphery | None = None,
                          card: DeviceCard | None = None) -> HardwareNetwork:
     """The :class:`HardwareNetwork` of ``cfg.hardware`` for ``net`` (its weights mapped onto the arrays);
@@ -54,8 +85,14 @@ def hardware_from_config(cfg: RunConfig, net, periphery: Periphery | None = None
     ``hardware.device`` (a :class:`DeviceCard` built in Python)."""
     h = cfg.hardware
     card = card if card is not None else load_card(h.device)
+    if h.g0_siemens:
+        g0 = h.g0_siemens
+    elif h.w_max == "auto":
+        g0 = {name: card.g_range / w for name, w in auto_weight_ranges(net).items()}
+    else:
+        g0 = card.g_range / h.w_max
     return HardwareNetwork(net, card, periphery if periphery is not None else periphery_from_config(cfg),
-                           tile_size=(h.tile_rows, h.tile_cols), g0=h.g0_siemens or card.g_range / h.w_max,
+                           tile_size=(h.tile_rows, h.tile_cols), g0=g0,
                            mapping=h.mapping, policy=h.policy, capacitance=h.capacitance_farad,
                            activity_bits=h.activity_bits, read_time=h.read_time_s or None,
                            reread_input=h.reread_input, generator=torch.Generator().manual_seed(h.seed))
@@ -190,6 +227,9 @@ class HardwareSubstrate:
             d = self.optimizer.stats()
             digital = {"digital_state_words": d["state_words"],
                        "digital_weight_updates": d["weight_updates"] - self.before_digital["weight_updates"]}
+        if self.hw.accumulators:  # mixed precision: one accumulator per device pair
+            digital["digital_state_words"] = digital.get("digital_state_words", 0) + sum(
+                a.numel() for a in self.hw.accumulators.values())
         return {**digital, "pulses": after["pulses"] - before["pulses"],
                 "pulses_per_device": (after["pulses"] - before["pulses"]) / after["devices"],
                 "refreshes": after["refreshes"] - before["refreshes"],
@@ -215,9 +255,12 @@ class HardwareSubstrate:
                 from None
 
     def describe(self, out: Path) -> None:
-        """``mapping.json``: the representable fraction of the initial weights per array, g0, τ, the arrays."""
+        """``mapping.json``: the representable fraction of the initial weights per array, g0 and the weight range
+        ``w_max = (g_max − g_min)/g0`` per array, τ, the arrays."""
+        hw = self.hw
         (out / "mapping.json").write_text(json.dumps(
-            {"representable_fraction": self.hw.representable, "g0_S": self.hw.g0, "tau_s": self.hw.tau,
+            {"representable_fraction": hw.representable, "g0_S": hw.g0, "g0_S_per_array": hw.g0s,
+             "w_max_per_array": {k: hw.card.g_range / g for k, g in hw.g0s.items()}, "tau_s": hw.tau,
              "device": self.hw.card.name, "arrays": {k: repr(a) for k, a in self.hw.arrays().items()}}, indent=1))
 
     def epoch_line(self, m: dict) -> str:
@@ -252,8 +295,9 @@ def compare(cfg: RunConfig, out: str | Path, log=print, card: DeviceCard | None 
     runs from their checkpoints (a killed comparison ends as an uninterrupted one would).
 
     ``seeds`` > 1: seeds ``train.seed + k`` (initial weights, data order, random signs) and ``hardware.seed + k``
-    (the devices' sample, read noise, stochastic programming) for ``k = 0 … seeds − 1``, each with the reference, the hardware and a *control*: the reference again with every
-    initial weight moved by one rounding step of its dtype (:func:`perturb_one_ulp`), whose gap to the reference
+    (the devices' sample, read noise, stochastic programming) for ``k = 0 … seeds − 1``, each with the reference,
+    the hardware and a *control*: the reference again with every initial weight moved by one rounding step of its
+    dtype (:func:`perturb_one_ulp`), whose gap to the reference
     is the spread EP training gives two runs that differ by nothing that matters (the trajectories of these
     chaotic dynamics part from any 1e-7 difference). The table gives mean ± standard deviation over the seeds of
     each accuracy, of the gap and of the control's gap, and says whether the gap is *within the seed spread*:

@@ -93,29 +93,46 @@ def node_targets(reads: PhaseReads, state: State, *, masks: Sequence[torch.Tenso
 
 def iterate(target: Callable[[State], list[torch.Tensor]], unit_: Callable[[torch.Tensor], torch.Tensor],
             unit: Callable[[torch.Tensor], torch.Tensor], state: State, steps: int, *, inplace: bool = True,
-            record: bool = False, keep_targets: bool = False):
+            record: bool = False, keep_targets: bool = False, tol: float | None = None):
     """``steps`` synchronous steps ``s ← unit(z(s))`` from ``state`` (not modified).
 
     ``unit_`` is the in-place output stage, used when ``inplace``; ``keep_targets``: the last step's node values
-    ``z`` are kept (its output stage not in place). Returns ``(s, z, residual, trajectory)``: ``z`` the last node
-    values (``None`` without ``keep_targets`` or steps), ``residual`` the per-sample ``max_k ‖s_T − s_{T−1}‖_∞``
-    (``None`` for zero steps), ``trajectory`` ``[s_0, …, s_T]`` when ``record``.
+    ``z`` are kept (its output stage not in place). ``tol``: the steady-state stop, after the first step at which
+    every sample's residual is at most ``tol`` (``steps`` is then a maximum). Returns ``(s, z, residual,
+    trajectory, n)``: ``z`` the last node values (``None`` without ``keep_targets`` or steps), ``residual`` the
+    per-sample ``max_k ‖s_n − s_{n−1}‖_∞`` of the last step (``None`` for zero steps), ``trajectory``
+    ``[s_0, …, s_n]`` when ``record``, ``n`` the steps taken.
     """
+    if tol is not None and keep_targets:
+        raise ValueError("the steady-state stop keeps no node values (keep_targets); the circuit solvers' "
+                         "SteadyState stop does")
     s = list(state)
     prev = s
     z = None
     traj = [s] if record else None
+    residual = None
+    n = 0
     for i in range(steps):
         z = target(s)
         prev = s
-        if inplace and not (keep_targets and i == steps - 1):
+        last = i == steps - 1
+        if inplace and not (keep_targets and last):
             s = [unit_(zk) for zk in z]
         else:
             s = [unit(zk) for zk in z]
         if record:
             traj.append(s)
-    residual = None
-    if steps > 0:
-        with torch.no_grad():
-            residual = torch.stack([(a - b).abs().flatten(1).amax(1) for a, b in zip(s, prev)]).amax(0)
-    return s, (z if keep_targets else None), residual, traj
+        n = i + 1
+        if tol is not None and not last:
+            residual = _residual(s, prev)
+            if float(residual.max()) <= tol:
+                break
+    if n > 0 and (residual is None or tol is None or n == steps):
+        residual = _residual(s, prev)
+    return s, (z if keep_targets else None), residual, traj, n
+
+
+def _residual(s: State, prev: State) -> torch.Tensor:
+    """Per sample, ``max_k ‖s_k − prev_k‖_∞``."""
+    with torch.no_grad():
+        return torch.stack([(a - b).abs().flatten(1).amax(1) for a, b in zip(s, prev)]).amax(0)

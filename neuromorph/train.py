@@ -115,11 +115,12 @@ def make_optimizer(net: LayeredNetwork, cfg: RunConfig) -> torch.optim.Optimizer
 
 @torch.no_grad()
 def evaluate(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, T: int, batch_size: int = 1000,
-             tol: float = 1e-3) -> dict:
-    """Accuracy and mean loss at the free steady state (T steps), and the fraction not converged."""
+             tol: float = 1e-3, steady_tol: float | None = None) -> dict:
+    """Accuracy and mean loss at the free steady state (T steps; at most T with the steady-state stop
+    ``steady_tol``), and the fraction not converged."""
     correct, loss, bad = 0, 0.0, 0
     for xb, yb in iterate_batches(x, y, batch_size, shuffle=False):
-        res = relax(net, net.input_drive(xb), net.zero_state(xb.shape[0]), T)
+        res = relax(net, net.input_drive(xb), net.zero_state(xb.shape[0]), T, tol=steady_tol or None)
         correct += int((net.predict(res.state) == yb).sum())
         loss += float(net.loss(res.state, yb).sum())
         bad += int((~res.converged(tol)).sum())
@@ -315,12 +316,17 @@ class IdealSubstrate:
     def begin_epoch(self, lrs: list[float]) -> None:
         for g, lr in zip(self.optimizer.param_groups, lrs):
             g["lr"] = lr
+        self.steps = [0, 0, 0]  # free steps, nudged steps, batches (steady-state stop)
 
     def step(self, xb: torch.Tensor, yb: torch.Tensor, masks, sign_gen: torch.Generator, where: str):
         net, tc, ec = self.net, self.cfg.train, self.cfg.ep
         if tc.algorithm == "ep":
             res = ep_gradients(net, xb, yb, self.estimator, ec.T, ec.K, generator=sign_gen, masks=masks,
-                               rule=ec.rule, precision=tc.precision)
+                               rule=ec.rule, precision=tc.precision, tol=ec.steady_tol or None)
+            if ec.steady_tol:
+                self.steps[0] += res.free.steps
+                self.steps[1] += res.nudged.steps
+                self.steps[2] += 1
             grads, state = res.grads, net.masked(res.free.state, masks)
             bad = (~res.free.converged(ec.convergence_tol)).sum()
             with torch.no_grad():
@@ -339,11 +345,13 @@ class IdealSubstrate:
         if not all(torch.isfinite(p).all() for p in self.params):
             raise TrainingDiverged(f"non-finite weights after epoch {self.trainer.epoch + 1}: lower the learning "
                                    "rates")
-        return {}
+        free, nudged, n = self.steps
+        return {"free_steps": free / n, "nudged_steps": nudged / n} if n else {}
 
     def evaluate(self, x: torch.Tensor, y: torch.Tensor) -> dict:
         ec = self.cfg.ep
-        return evaluate(self.net, x, y, ec.T, self.cfg.train.eval_batch_size, ec.convergence_tol)
+        return evaluate(self.net, x, y, ec.T, self.cfg.train.eval_batch_size, ec.convergence_tol,
+                        ec.steady_tol or None)
 
     def describe(self, out: Path) -> None:
         """Files the substrate writes beside the run's config (none for the ideal reference)."""
@@ -433,6 +441,10 @@ class Trainer:
 
     def _config_changes(self, saved: dict, where: str) -> dict:
         """Keys whose value differs from the checkpoint's config; refuses those a resume may not change."""
+        try:  # keys added since the run was written count as their defaults
+            saved = config_to_dict(config_from_dict(saved))
+        except ValueError as e:
+            raise CheckpointError(f"cannot resume {where}: its config is invalid now ({e})") from None
         old, new = _flat(saved), _flat(config_to_dict(self.cfg))
         changed = {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
         refused = [k for k in changed if k not in RESUMABLE_KEYS]

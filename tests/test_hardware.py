@@ -365,6 +365,45 @@ def test_periphery_optimizer_with_a_perfect_device_tracks_the_reference(tmp_path
     assert hist[0]["digital_weight_updates"] == n_weights * 10  # 400 samples in batches of 40
 
 
+@pytest.mark.parametrize("extra", [[], ["train.optimizer=adam", "train.lr=0.002"]], ids=["sgd", "adam"])
+def test_mixed_precision_with_a_perfect_device_tracks_the_reference(tmp_path, extra):
+    """Mixed precision (a digital accumulator per weight, whole steps fired) on a device whose step is tiny: the
+    reference's SGD (or Adam) weights to the pulse quantum."""
+    hwt, hist = track_the_reference(tmp_path, ["model.layers=[64,24,10]", "model.loss=xent", "train.lr=0.05",
+                                               "hardware.update=mixed_precision", *extra])
+    n_weights = sum(a.array.numel for a in hwt.hw.arrays().values())
+    assert hist[0]["digital_state_words"] == n_weights * (3 if extra else 1)
+
+
+def test_mixed_precision_accumulates_the_remainder():
+    """On a coarse device each update fires the whole steps of ``χ + request`` and keeps the rest: ``|χ| < 1``
+    step, and the steps fired plus the accumulator equal the requests summed (exact accounting); requests below
+    a step fire nothing until they add up."""
+    net = LayeredNetwork([6, 5, 3], loss="mse", seed=0, dtype=torch.float64)
+    hw = HardwareNetwork(net, "taox_hfox", Periphery(read_noise=False), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    rows = {"w1": (torch.rand(4, 7, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g,
+                                                                                     dtype=torch.float64)),
+            "w2": (torch.rand(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g,
+                                                                                     dtype=torch.float64))}
+    total = {k: torch.zeros(a.array.shape, dtype=torch.float64) for k, a in hw.arrays().items()}
+    fired = {k: torch.zeros(a.array.shape, dtype=torch.float64) for k, a in hw.arrays().items()}
+    for k, a in hw.arrays().items():  # record the signed counts each array is sent
+        def spy(n, *, realised=True, _f=a.array.apply_weight_pulses, _k=k):
+            fired[_k] += n.to(torch.float64)
+            return _f(n, realised=realised)
+        a.array.apply_weight_pulses = spy
+    lr = 0.3 * hw.forward_arrays[0].array.dw  # requests of a fraction of a step: many updates fire nothing
+    for _ in range(12):
+        hw.apply_update(rows, 4, [lr, lr], mode="mixed_precision")
+        for k, (pre, post) in rows.items():
+            total[k] += post.t() @ pre * lr / (4 * hw.arrays()[k].array.dw)
+    for k, acc in hw.accumulators.items():
+        assert float(acc.abs().max()) < 1.0
+        torch.testing.assert_close(fired[k] + acc, total[k], rtol=0, atol=1e-9)  # fired + kept = requested
+        assert float(fired[k].abs().max()) >= 1 and bool((fired[k] == 0).any())
+
+
 def test_periphery_optimizer_refuses_pulse_trains(tmp_path):
     cfg = load_config(None, ["train.optimizer=adam", "hardware.update=pulse_train", "data.n_train=100",
                              "data.n_test=50", f"output.dir={json.dumps(str(tmp_path))}"])

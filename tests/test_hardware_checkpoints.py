@@ -30,8 +30,9 @@ def _state(tr):
 
 
 @pytest.mark.parametrize("extra", [["hardware.device=\"taox_hfox\""],
-                                   ["hardware.device=\"reram_es\"", "train.optimizer=adam", "train.lr=[0.002, 0.001]"]],
-                         ids=["sgd-taox", "adam-reram"])
+                                   ["hardware.device=\"reram_es\"", "train.optimizer=adam", "train.lr=[0.002, 0.001]"],
+                                   ["hardware.device=\"pcmo\"", "hardware.update=\"mixed_precision\""]],
+                         ids=["sgd-taox", "adam-reram", "mixed-precision-pcmo"])
 def test_a_killed_hardware_run_resumed_ends_bit_identical(tmp_path, extra):
     """Two epochs in one go, and one epoch then a resume (``train.epochs`` raised, as after a kill): the same
     conductances, pulse counts, counters, shadow weights, generator state and metrics."""

@@ -56,10 +56,15 @@ def test_golden_netlist_format_and_plain_ngspice(spice):
     assert np.abs(np.array([vec[f"s1_{i}"][0] for i in range(3)]) - 0.2 * np.clip(0.5 * a, 0, 1)).max() <= 1e-9
 
 
-@pytest.mark.parametrize("sizes", [(64, 64), (16, 12, 6)])
-def test_steady_states_and_ep_update_match(spice, sizes):
+@pytest.mark.parametrize("sizes,g0", [((64, 64), None), ((16, 12, 6), None),
+                                      ((16, 12, 6), {"w1": 2e-5, "w2": 5e-5})], ids=["1", "2", "2-own-g0"])
+def test_steady_states_and_ep_update_match(spice, sizes, g0):
+    """ngspice settles the exported circuit to neuromorph's steady states and EP update, also with a weight scale
+    per array (``hardware.w_max = "auto"``: each array's current mirrored into the nodes with gain g0/g0_k)."""
     net = LayeredNetwork(list(sizes), dtype=torch.float64, seed=1)
-    hw = ideal_hardware(net, "taox_hfox", seed=1)  # device-to-device variability in the conductances
+    hw = ideal_hardware(net, "taox_hfox", seed=1, g0=g0)  # device-to-device variability in the conductances
+    if g0 is not None:
+        assert hw.g0s == {"w1": 2e-5, "w2": 5e-5}
     g = torch.Generator().manual_seed(2)
     x = torch.rand(3, sizes[0], dtype=torch.float64, generator=g)
     y = torch.randint(0, sizes[-1], (3,), generator=g)

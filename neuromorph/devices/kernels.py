@@ -12,28 +12,20 @@ update dominates a hardware training step. The C loops do each part in one pass 
   the request with the uniforms torch drew (``round_split``): the same integers as the torch path (tested);
 * :func:`add_at`: a pulse counter's pending sparse adds (:class:`~neuromorph.devices.models.Tally`), exact.
 
-The library is compiled with the C compiler of the Python build (``$CC`` overrides it; Debian's ``gcc``) into
-``$NEUROMORPH_CACHE/kernels`` (default ``~/.cache/neuromorph/kernels``), keyed by a hash of the source, the
-compiler and flags and the machine's architecture, written atomically. Without a compiler (or with
-``NEUROMORPH_KERNELS=0``) the torch path runs, with a one-time warning naming the reason; :func:`status` says which
-is in use.
+The library is built by :mod:`neuromorph.cbuild` (the C compiler of the Python build, ``$CC`` overrides it; cached in
+``$NEUROMORPH_CACHE/kernels``, default ``~/.cache/neuromorph/kernels``, keyed by a hash of the source, the compiler
+and flags and the machine's architecture). Without a compiler (or with ``NEUROMORPH_KERNELS=0``) the torch path
+runs, with a one-time warning naming the reason; :func:`status` says which is in use.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shlex
-import subprocess
-import sysconfig
-import tempfile
-import threading
-import warnings
 from pathlib import Path
 
 import torch
+
+from .. import cbuild
 
 __all__ = ["available", "status", "step", "split", "round_split", "add_at", "MODELS"]
 
@@ -42,42 +34,12 @@ _FLAGS = ("-O2", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-fast
 MODELS = {"exp_step": 0, "exp_step_complex": 1, "constant_step": 2, "linear_step": 3, "linear_step_mult": 4}
 """Model codes of the C loop (``_pulse_kernel.c``); ``soft_bounds`` runs as ``linear_step`` (its steps are linear)."""
 
-_lock = threading.Lock()
 _state: dict = {"lib": None, "tried": False, "reason": None}
-
-
-def _compiler() -> list[str]:
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    return shlex.split(cc)[:1]
-
-
-def _cache_dir() -> Path:
-    root = os.environ.get("NEUROMORPH_CACHE")
-    return Path(root) / "kernels" if root else Path.home() / ".cache" / "neuromorph" / "kernels"
+_compiler = cbuild.compiler
 
 
 def _build() -> ctypes.CDLL:
-    src = _SRC.read_bytes()
-    cc = _compiler()
-    # the machine's architecture too: a home directory shared by machines of several kinds keeps one per kind
-    key = " ".join([*cc, *_FLAGS, platform.machine(), platform.system()])
-    tag = hashlib.sha256(src + key.encode()).hexdigest()[:16]
-    out_dir = _cache_dir()
-    lib = out_dir / f"pulse_kernel_{tag}.so"
-    if not lib.exists():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-        os.close(fd)
-        try:
-            r = subprocess.run([*cc, *_FLAGS, "-o", tmp, str(_SRC), "-lm"], capture_output=True, text=True,
-                               timeout=120)
-            if r.returncode != 0:
-                raise RuntimeError(f"{cc[0]} failed: {r.stderr.strip()[:500]}")
-            os.replace(tmp, lib)  # atomic: a concurrent build writes the same bytes
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    dll = ctypes.CDLL(str(lib))
+    dll = cbuild.build(_SRC, "pulse_kernel", _FLAGS)
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int32
     for suffix, real in (("_f32", ctypes.c_float), ("_f64", ctypes.c_double)):
         for name, restype, argtypes in (
@@ -90,22 +52,12 @@ def _build() -> ctypes.CDLL:
     return dll
 
 
+_kernel = cbuild.Kernel(_build, "the compiled pulse loop", "programming runs on its torch path (slower)",
+                        lambda: _state)
+
+
 def _load() -> ctypes.CDLL | None:
-    if _state["tried"]:
-        return _state["lib"]
-    with _lock:
-        if not _state["tried"]:
-            if os.environ.get("NEUROMORPH_KERNELS", "1") == "0":
-                _state["reason"] = "disabled by NEUROMORPH_KERNELS=0"
-            else:
-                try:
-                    _state["lib"] = _build()
-                except Exception as e:  # no compiler, no write access, a failed build: the torch path runs
-                    _state["reason"] = f"{type(e).__name__}: {e}"
-                    warnings.warn(f"neuromorph: the compiled pulse loop is not available ({_state['reason']}); "
-                                  "programming runs on its torch path (slower)", RuntimeWarning, stacklevel=3)
-            _state["tried"] = True
-    return _state["lib"]
+    return _kernel.load()
 
 
 def available() -> bool:
@@ -115,7 +67,7 @@ def available() -> bool:
 
 def status() -> str:
     """``"compiled"`` or why not (the torch paths then run)."""
-    return "compiled" if available() else f"torch ({_state['reason']})"
+    return _kernel.status()
 
 
 def _ptr(t: torch.Tensor | None) -> int | None:
@@ -146,10 +98,7 @@ def step(model: int, idx: torch.Tensor, n: torch.Tensor, gp: torch.Tensor, gapp:
 
 
 def _lib() -> ctypes.CDLL:
-    lib = _load()
-    if lib is None:
-        raise RuntimeError(f"the compiled pulse loop is not available: {_state['reason']}")
-    return lib
+    return _kernel.require()
 
 
 def _split_call(name: str, dtype: torch.dtype, max_pairs: int, numel: int, *args):

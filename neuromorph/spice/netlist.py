@@ -7,10 +7,11 @@ differential pairs:
   input 1) is a pair of row lines: ``V_j`` and its inverted copy ``−V_j`` (an ideal source and an E element of
   gain −1 for inputs and bias; the neuron output stage's own inverted output for neurons);
 * ``G+_ij`` [S] joins the + row of ``j`` to column ``i``, ``G−_ij`` the − row; the column is held at 0 V by a
-  0 V sense source whose current ``Σ_j (G+_ij − G−_ij) V_j = g0 (W v)_i`` an F element copies into node ``u_i``;
+  0 V sense source whose current ``Σ_j (G+_ij − G−_ij) V_j = g0_k (W v)_i`` an F element copies into node ``u_i``
+  with gain ``g0/g0_k`` (1 unless the arrays have their own weight scales, ``hardware.w_max = "auto"``);
 * the transpose read of ``W_{k+1}`` that feeds layer ``k`` is a second instance of the same conductances
-  (column ``i`` driven by ``V(s_{k+1,i})``, rows ``j+`` and ``j−`` sensed, copied into ``u_{k,j}`` with gains +1
-  and −1; the bias row is not read backwards, as in :meth:`HardwareNetwork._fb`);
+  (column ``i`` driven by ``V(s_{k+1,i})``, rows ``j+`` and ``j−`` sensed, copied into ``u_{k,j}`` with gains
+  ±``g0/g0_{k+1}``; the bias row is not read backwards, as in :meth:`HardwareNetwork._fb`);
 * neuron ``i`` of layer ``k``: capacitance ``C`` and leak ``g0`` from ``u`` to ground, output stage
   ``V(s) = vunit · unit(gain·V(u)/vunit + offset)`` (a B element, :data:`OUTPUT_STAGES`);
 * nudging (squared error) at every output neuron: a VCCS ``gnudge_i`` injecting ``β·g0·(V(y_i) − V(s_i))`` into
@@ -118,6 +119,11 @@ def _finite(name: str, value: float, *, positive: bool = False) -> float:
 
 def _num(v: float) -> str:
     return repr(float(v))  # shortest round-trip; never contains anything but [0-9.e+-] for finite values
+
+
+def _gain(v: float) -> str:
+    """An F element's gain: ``1`` / ``-1`` as written since the first netlists, any other value in full."""
+    return "1" if v == 1.0 else "-1" if v == -1.0 else _num(v)
 
 
 def library_path() -> Path:
@@ -255,6 +261,9 @@ def build_netlist(hw_or_net, x, *, beta: float = 0.0, y=None, title: str = "neur
                              "array (model.loss = 'xent')")
         fwd, back = _hardware_arrays(hw)
         g0 = hw.g0
+        # arrays with their own weight scale (hardware.w_max = "auto"): each sense current is copied into the node
+        # with the gain g0/g0_k, so that every array's current is in the node's units (its leak is g0)
+        mirror = [g0 / hw.forward_arrays[k].g0 for k in range(len(hw.forward_arrays))]
         capacitance = hw.tau * hw.g0
         per = hw.periphery
         vunit = per.volts_per_input
@@ -267,6 +276,7 @@ def build_netlist(hw_or_net, x, *, beta: float = 0.0, y=None, title: str = "neur
         _finite("g0 (S)", g0, positive=True)
         _finite("g_min (S)", g_min, positive=True)
         fwd, back = _network_arrays(net, g0, g_min)
+        mirror = [1.0] * len(net.synapses)
         vunit = _finite("v_read (V)", v_read, positive=True)
 
         def dac(t):
@@ -351,7 +361,8 @@ def build_netlist(hw_or_net, x, *, beta: float = 0.0, y=None, title: str = "neur
         lines.append(_comment(f"array w{k + 1}: forward read, {gp.shape[0]} x {gp.shape[1]} pairs"))
         lines += _resistors(f"p{k + 1}", cols, pre_p, gp)
         lines += _resistors(f"n{k + 1}", cols, pre_n, gn)
-        lines.append("\n".join(f"vc{k + 1}_{i} {c} 0 dc 0\nfc{k + 1}_{i} 0 {u} vc{k + 1}_{i} 1"
+        m = _gain(mirror[k])
+        lines.append("\n".join(f"vc{k + 1}_{i} {c} 0 dc 0\nfc{k + 1}_{i} 0 {u} vc{k + 1}_{i} {m}"
                                for i, (c, u) in enumerate(zip(cols, u_nodes[k]))))
         n_el += 2 * gp.size + 2 * len(cols)
         if k == 0:
@@ -368,8 +379,8 @@ def build_netlist(hw_or_net, x, *, beta: float = 0.0, y=None, title: str = "neur
         lines += _resistors(f"tp{k + 1}", s_nodes[k], rp, tp)
         lines += _resistors(f"tn{k + 1}", s_nodes[k], rn, tn)
         lines.append("\n".join(
-            f"vrp{k + 1}_{j} {a} 0 dc 0\nfrp{k + 1}_{j} 0 {u} vrp{k + 1}_{j} 1\n"
-            f"vrn{k + 1}_{j} {b} 0 dc 0\nfrn{k + 1}_{j} 0 {u} vrn{k + 1}_{j} -1"
+            f"vrp{k + 1}_{j} {a} 0 dc 0\nfrp{k + 1}_{j} 0 {u} vrp{k + 1}_{j} {m}\n"
+            f"vrn{k + 1}_{j} {b} 0 dc 0\nfrn{k + 1}_{j} 0 {u} vrn{k + 1}_{j} {_gain(-mirror[k])}"
             for j, (a, b, u) in enumerate(zip(rp, rn, u_nodes[k - 1]))))
         n_el += 2 * tp.size + 4 * len(rp)
     # ---------------------------------------------------------------- nudging

@@ -228,8 +228,8 @@ def transient(netlist: Netlist, step: float, stop: float, *, tmax: float | None 
 
 
 # ---------------------------------------------------------------------------------------------- cross-check
-def ideal_hardware(net, card="ideal", *, v_read: float = 0.2, g0: float | None = None, capacitance: float = 1e-12,
-                   seed: int = 0):
+def ideal_hardware(net, card="ideal", *, v_read: float = 0.2, g0: float | dict | None = None,
+                   capacitance: float = 1e-12, seed: int = 0):
     """A :class:`HardwareNetwork` whose periphery is ideal (no read noise, ideal DAC/ADC, no IR drop): the model
     an exported netlist reproduces exactly (the device state: variability, write noise, stuck devices, is kept)."""
     from ..crossbar import Periphery
