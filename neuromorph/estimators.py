@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .dynamics import RelaxResult, relax
-from .network import ConvPool, LayeredNetwork
+from .network import ConvPool, Dense, LayeredNetwork
 
 __all__ = ["Estimator", "OneSided", "RandomSign", "Symmetric", "Plan", "EPResult", "ep_gradients",
            "combine_phi_grads", "vector_field_grads", "make_estimator", "ESTIMATORS", "RULES", "check_rule",
@@ -202,37 +202,51 @@ def update_rows(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, free_stat
     return rows
 
 
-def _request_grads(net: LayeredNetwork, k: int, r: Rows, batch: int, params=None) -> list[torch.Tensor]:
-    """The ideal store's realisation of a synapse request: ``∇̂`` of its weight (and bias when requested)."""
+def _request_grads(net: LayeredNetwork, k: int, r: Rows, batch: int, params=None,
+                   scale: float | None = None) -> list[torch.Tensor]:
+    """The ideal store's realisation of a synapse request: ``∇̂`` of its weight (and bias when requested), times
+    ``scale·B`` (``None``: 1)."""
     syn = net.synapses[k]
     per, _, back = net._split(params)
-    post_c = r.weighted_post()
-    n_phases = post_c.shape[0] // batch
     kern = {"forward": per[k], "back": [back[k]] if back[k] is not None else None}
-    if r.shared_pre:
-        out = syn.phi_grads(post_c, None, r.pre, n_phases, batch, per[k])
+    dense = isinstance(syn, Dense)
+    kw = {"scale": scale} if dense and scale is not None else {}
+    if r.shared_pre and r.symmetric is not None:  # the static input: c(a − b), one block of B rows
+        post_c, n_phases = torch.sub(r.post[:batch], r.post[batch:]).mul_(r.symmetric), 1
     else:
-        out = syn.phi_grads(post_c, r.pre, None, n_phases, batch, kern[r.switches[0]], index_pre=r.switches_at)
+        post_c = r.weighted_post()
+        n_phases = post_c.shape[0] // batch
+    if r.shared_pre:
+        out = syn.phi_grads(post_c, None, r.pre, n_phases, batch, per[k], **kw)
+    else:
+        out = syn.phi_grads(post_c, r.pre, None, n_phases, batch, kern[r.switches[0]], index_pre=r.switches_at,
+                            **kw)
     if len(r.switches) > 1:
-        other = syn.phi_grads(post_c, r.pre, None, n_phases, batch, kern[r.switches[1]], index_pre=r.switches_at)
+        other = syn.phi_grads(post_c, r.pre, None, n_phases, batch, kern[r.switches[1]], index_pre=r.switches_at,
+                              **kw)
         out = [0.5 * (out[0] + other[0]), *out[1:]]
+    if scale is not None and not dense:
+        out = [g.mul_(scale * batch) for g in out]
     return out if r.bias else out[:1]
 
 
-def ideal_gradients(net: LayeredNetwork, rows: dict[str, Rows], batch: int, params=None) -> list[torch.Tensor]:
+def ideal_gradients(net: LayeredNetwork, rows: dict[str, Rows], batch: int, params=None,
+                    scale: float | None = None) -> list[torch.Tensor]:
     """The estimates ``∇̂`` (not negated) of every parameter from the requests, in
-    :meth:`LayeredNetwork.param_list` order (per synapse ``w``, ``b``, ``w^b``; then the read-out)."""
+    :meth:`LayeredNetwork.param_list` order (per synapse ``w``, ``b``, ``w^b``; then the read-out). ``scale``:
+    ``Σ_r c_r post_r ⊗ pre_r`` times it instead of ``1/B`` (``−1/B``: the loss gradients, in one pass)."""
     out: list[torch.Tensor] = []
     for k in range(len(net.synapses)):
         name = f"w{k + 1}"
-        fw = _request_grads(net, k, rows[name], batch, params)
+        fw = _request_grads(net, k, rows[name], batch, params, scale)
         out += fw
         back = rows.get(f"{name}_back")
         if back is not None:
-            out.append(fw[0] if back.like == name else _request_grads(net, k, back, batch, params)[0])
+            out.append(fw[0] if back.like == name else _request_grads(net, k, back, batch, params, scale)[0])
     if "w_out" in rows:
         r = rows["w_out"]
-        out.append(r.post.t() @ r.pre / batch)
+        g = r.post.t() @ r.pre
+        out.append(g / batch if scale is None else g.mul_(scale))
     return out
 
 
@@ -392,8 +406,8 @@ def estimate_from_states(net: LayeredNetwork, x: torch.Tensor, y: torch.Tensor, 
                          plan: Plan, batch: int, rule: str = "ep") -> list[torch.Tensor]:
     """Loss gradients ``−∇̂`` from a free state and phase-stacked nudged states (Eq. 24–29, 33–37): the ideal
     store's realisation (:func:`ideal_gradients`) of the rule's requests (:func:`update_rows`)."""
-    return [-g for g in ideal_gradients(net, update_rows(net, x, y, free_state, nudged_state, plan, batch, rule),
-                                        batch)]
+    return ideal_gradients(net, update_rows(net, x, y, free_state, nudged_state, plan, batch, rule), batch,
+                           scale=-1.0 / batch)
 
 
 def readout_error(net: LayeredNetwork, logits: torch.Tensor, y: torch.Tensor, plan: Plan,

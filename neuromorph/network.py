@@ -110,13 +110,15 @@ class Dense:
         return (post * a).sum(-1)
 
     def phi_grads(self, post_c: torch.Tensor, pre: torch.Tensor | None, x_pre: torch.Tensor | None,
-                  n_phases: int, batch: int, p: Sequence[torch.Tensor] = (), index_pre=None) -> list[torch.Tensor]:
+                  n_phases: int, batch: int, p: Sequence[torch.Tensor] = (), index_pre=None,
+                  scale: float | None = None) -> list[torch.Tensor]:
         """``Σ_j c_j ∂Φ/∂θ(s_j)`` averaged over the batch (``index_pre``: unused, for :class:`ConvPool`).
 
         ``post_c`` stacks the coefficient-weighted post activities of all phases, ``(J·B, n_post)``.
         Either ``pre`` stacks the matching pre activities ``(J·B, n_pre)``, or ``x_pre`` is an
         input shared by every phase ``(B, n_pre)``, in which case the posts are summed first
-        (one product of ``B`` rows instead of ``J·B``).
+        (one product of ``B`` rows instead of ``J·B``). ``scale``: multiply the sums by it instead of
+        dividing by ``batch`` (e.g. ``−1/B`` for loss gradients: one pass over the result, not two).
         """
         if x_pre is not None:
             post_sum = post_c.view(n_phases, batch, -1).sum(0) if n_phases > 1 else post_c
@@ -125,6 +127,8 @@ class Dense:
         else:
             gw = post_c.t() @ pre.reshape(pre.shape[0], -1)
             gb = post_c.sum(0)
+        if scale is not None:
+            return [gw.mul_(scale), gb.mul_(scale)] if self.bias else [gw.mul_(scale)]
         out = [gw / batch]
         if self.bias:
             out.append(gb / batch)
