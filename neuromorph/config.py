@@ -279,6 +279,14 @@ class HardwareConfig:
     update: str = "stochastic_rounding"
     """Update requests → pulses: ``stochastic_rounding``, ``deterministic``, ``manhattan``, ``pulse_train`` or
     ``mixed_precision`` (a digital accumulator per weight, a pulse when it passes the device's step)."""
+    tt_transfer_every: int = 1
+    """Tiki-Taka / TTv2: updates between two column transfers from the fast array (aihwkit ``transfer_every``)."""
+    tt_transfer_lr: float = 1.0
+    """Tiki-Taka / TTv2: the read fast-array column times this is the weight array's request (aihwkit
+    ``transfer_lr``)."""
+    tt_reset_fast: bool = False
+    """Tiki-Taka: program a transferred column of the fast array back to 0 (then the weight array plus the fast
+    array is SGD's weight, exactly on an ideal device); aihwkit's transfer keeps it (default)."""
     manhattan_threshold: float = 0.0
     """Manhattan updates: fire one pulse where ``|ΔW|`` exceeds this (weight units)."""
     refresh_threshold: float = 0.0
@@ -300,6 +308,9 @@ class HardwareConfig:
         _choice("hardware.policy", self.policy, ("bidirectional", "unidirectional"))
         _choice("hardware.update", self.update, UPDATE_MODES)
         _choice("hardware.solver", self.solver, SOLVERS)
+        _check("hardware.tt_transfer_every", self.tt_transfer_every >= 1, self.tt_transfer_every, "an integer >= 1")
+        _check("hardware.tt_transfer_lr", math.isfinite(self.tt_transfer_lr) and self.tt_transfer_lr > 0,
+               self.tt_transfer_lr, "a finite number > 0")
         for name in ("tile_rows", "tile_cols"):
             _check(f"hardware.{name}", getattr(self, name) >= 1, getattr(self, name), "an integer >= 1")
         for name in ("dac_bits", "adc_bits", "activity_bits"):

@@ -240,6 +240,9 @@ class HardwareNetwork:
             once per phase (the static input makes its current constant; this is also what the reference does
             with its input drive, and it saves the largest product of the loop).
         generator: seeded generator (device sampling, read noise, stochastic programming).
+        transfer: Tiki-Taka / TTv2 (``apply_update`` modes ``tiki_taka``, ``ttv2``): ``{"every": updates between
+            two column transfers, "lr": the transfer's scale, "reset": program a transferred fast column back to 0}``
+            (default ``{"every": 1, "lr": 1.0, "reset": False}``).
     """
 
     def __init__(self, net: LayeredNetwork, card: DeviceCard | str, periphery: Periphery | None = None, *,
@@ -247,7 +250,7 @@ class HardwareNetwork:
                  mapping: str = "min",
                  policy: str = "bidirectional", capacitance: float = 1e-12, activity_bits: int = 0,
                  read_time: float | None = None, reread_input: bool = False,
-                 generator: torch.Generator | None = None) -> None:
+                 generator: torch.Generator | None = None, transfer: dict | None = None) -> None:
         if isinstance(activity_bits, bool) or not isinstance(activity_bits, int) or activity_bits < 0:
             raise ValueError(f"activity_bits = {activity_bits!r}: an integer >= 0 is required (0: exact)")
         if not (isinstance(capacitance, (int, float)) and math.isfinite(capacitance) and capacitance > 0):
@@ -289,6 +292,13 @@ class HardwareNetwork:
             self.readout_array = CrossbarLayer(ro.shape[0], ro.shape[1], self.card, self.periphery, g0=g0_of["w_out"],
                                                **kw)
             self.representable["w_out"] = self.readout_array.set_weights(ro.detach(), count=False)
+        self.transfer = {"every": 1, "lr": 1.0, "reset": False, **(transfer or {})}
+        self.fast_arrays: dict[str, CrossbarLayer] = {}
+        """Tiki-Taka's fast arrays (the requests' accumulators), one per array, made at the first update."""
+        self.transfers = 0
+        """Updates since the first Tiki-Taka update (a column transfer every ``transfer["every"]``)."""
+        self._fast_kw = dict(tile_size=tile_size, generator=self.generator, device=net.device, dtype=net.dtype,
+                             mapping=mapping, policy=policy)
         self.accumulators: dict[str, torch.Tensor] = {}
         """Mixed precision's digital accumulators per array (nominal steps), made at the first update."""
         self.g0 = self.forward_arrays[0].g0
@@ -657,6 +667,12 @@ class HardwareNetwork:
             raise ValueError("the update rows are too large to be summed in float64")
         counts: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]] = {}
         out = {}
+        if mode in ("tiki_taka", "ttv2"):
+            if realised:
+                raise ValueError(f"update mode {mode!r} programs a fast array and transfers: it reports no realised "
+                                 "change of the weights per update (realised=False)")
+            self._tiki_taka(rows, batch, lr_of, mode, optimizer, refresh_threshold)
+            return None
         changes = None
         if optimizer is not None:  # the optimizer's changes, its weight decay included: no separate leakage
             changes = optimizer.step({name: post.t() @ pre / batch for name, (pre, post) in rows.items()},
@@ -717,6 +733,70 @@ class HardwareNetwork:
         dtype = torch.int32 if n.numel() == 0 or float(n.abs().max()) < 2.0 ** 31 - 2 else torch.int64
         return n.to(dtype), da.apply_weight_pulses(n.to(dtype), realised=realised)
 
+    def _fast(self, name: str) -> CrossbarLayer:
+        """The fast array of ``name`` (Tiki-Taka), made at first use: the same card and shape, weights 0."""
+        fast = self.fast_arrays.get(name)
+        if fast is None:
+            arr = self.arrays()[name]
+            fast = CrossbarLayer(arr.out_features, arr.in_features, self.card, self.periphery, g0=arr.g0,
+                                 **self._fast_kw)
+            fast.set_weights(torch.zeros(arr.array.shape, dtype=self.net.dtype, device=self.net.device), count=False)
+            self.fast_arrays[name] = fast
+        return fast
+
+    def _tiki_taka(self, rows, batch: int, lr_of: dict, mode: str, optimizer, refresh_threshold: float) -> None:
+        """Tiki-Taka (Gokmen & Haensch 2020) and TTv2 (Gokmen 2021), with aihwkit's ``gamma = 0``: the weights read
+        in the phases are the weight arrays ``C``; every array has a fast array ``A`` of the same devices that the
+        EP requests (or the periphery optimizer's changes) are programmed into, by stochastic rounding. Every
+        ``transfer["every"]`` updates one column of each ``A`` (in turn) is read through the periphery (a forward
+        read of a one-hot input: read noise included) and ``transfer["lr"]`` times it is the request of the same
+        column of ``C``: fired by stochastic rounding (``tiki_taka``) or added to a digital buffer ``H`` that fires
+        its whole steps and keeps the rest (``ttv2``, the buffer's state in :attr:`accumulators`). With
+        ``transfer["reset"]`` the transferred column of ``A`` is programmed back to 0 (deterministic rounding)."""
+        arrays = self.arrays()
+        changes = None
+        if optimizer is not None:
+            changes = optimizer.step({name: post.t() @ pre / batch for name, (pre, post) in rows.items()},
+                                     {name: arr.weights() + self._fast(name).weights()
+                                      for name, arr in arrays.items()})
+        for name in arrays:
+            fa = self._fast(name).array
+            if changes is not None:
+                fa.program_steps(changes[name].div_(fa.dw), realised=False)
+            else:
+                pre, post = rows[name]
+                fa.program_steps((post.t() @ pre).mul_(lr_of[name] / (batch * fa.dw)), realised=False)
+        self.transfers += 1
+        if self.transfers % self.transfer["every"] == 0:
+            k = self.transfers // self.transfer["every"] - 1
+            for name, arr in arrays.items():
+                fast, ca = self._fast(name), arr.array
+                col = k % arr.in_features
+                onehot = torch.zeros(1, arr.in_features, dtype=self.net.dtype, device=self.net.device)
+                onehot[0, col] = 1.0
+                read = fast.forward(onehot, t=self.read_time)[0]  # W_A[:, col], as read
+                req = (read * (self.transfer["lr"] / ca.dw)).unsqueeze(1)
+                cols = torch.tensor([col], device=req.device)
+                if mode == "ttv2":
+                    buf = self.accumulators.get(name)
+                    if buf is None:
+                        buf = self.accumulators[name] = torch.zeros(ca.shape, dtype=req.dtype, device=req.device)
+                    buf[:, col:col + 1] += req
+                    n = torch.trunc(buf[:, col:col + 1])
+                    buf[:, col:col + 1] -= n
+                    full = torch.zeros(ca.shape, dtype=torch.int32, device=req.device)
+                    full[:, col:col + 1] = n.to(torch.int32)
+                    ca.apply_weight_pulses(full, realised=False)
+                else:
+                    ca.program_steps(req, cols=cols, realised=False)
+                if self.transfer["reset"]:
+                    fa = fast.array
+                    back = (-fast.weights()[:, col:col + 1]).div_(fa.dw)
+                    fa.program_steps(back, cols=cols, mode="deterministic", realised=False)
+                if refresh_threshold > 0:
+                    arr.refresh(refresh_threshold)
+        self.sync_shadow()
+
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         """Everything a resumed run needs to continue exactly: every array's devices (conductances, per-device
@@ -724,7 +804,9 @@ class HardwareNetwork:
         programming)."""
         return {"arrays": {name: arr.state_dict() for name, arr in self.arrays().items()},
                 "generator": self.generator.get_state(), "card": self.card.name,
-                "accumulators": {k: v.clone() for k, v in self.accumulators.items()}}
+                "accumulators": {k: v.clone() for k, v in self.accumulators.items()},
+                "fast_arrays": {name: arr.state_dict() for name, arr in self.fast_arrays.items()},
+                "transfers": self.transfers}
 
     def load_state_dict(self, state: dict, where: str = "checkpoint") -> None:
         """Restore :meth:`state_dict` into this network's arrays (same card and architecture; checked) and refresh
@@ -736,8 +818,11 @@ class HardwareNetwork:
                              f"{sorted(arrays)}")
         for name, arr in arrays.items():
             arr.load_state_dict(state["arrays"][name], f"{where}: array {name}")
+        for name, fast in state.get("fast_arrays", {}).items():  # made first: making one draws from the generator
+            self._fast(name).load_state_dict(fast, f"{where}: fast array of {name}")
         self.generator.set_state(state["generator"])
         self.accumulators = {k: v.clone() for k, v in state.get("accumulators", {}).items()}
+        self.transfers = int(state.get("transfers", 0))
         self.sync_shadow()
 
     # ------------------------------------------------------------------ statistics
@@ -747,6 +832,10 @@ class HardwareNetwork:
         ``g_min`` (the rest state of the idle device of a pair with the "min" mapping)."""
         tot = {"pulses": 0, "pulses_program": 0, "pulses_refresh": 0, "refreshes": 0, "reads": 0, "energy_J": 0.0}
         n_dev, n_top, n_bottom = 0, 0, 0
+        for arr in self.fast_arrays.values():  # Tiki-Taka's fast arrays: their pulses, reads and energy
+            s = arr.stats()
+            for key in tot:
+                tot[key] += s[key]
         for arr in self.arrays().values():
             s = arr.stats()
             for key in tot:

@@ -93,6 +93,7 @@ def hardware_from_config(cfg: RunConfig, net, periphery: Periphery | None = None
         g0 = card.g_range / h.w_max
     return HardwareNetwork(net, card, periphery if periphery is not None else periphery_from_config(cfg),
                            tile_size=(h.tile_rows, h.tile_cols), g0=g0,
+                           transfer={"every": h.tt_transfer_every, "lr": h.tt_transfer_lr, "reset": h.tt_reset_fast},
                            mapping=h.mapping, policy=h.policy, capacitance=h.capacitance_farad,
                            activity_bits=h.activity_bits, read_time=h.read_time_s or None,
                            reread_input=h.reread_input, generator=torch.Generator().manual_seed(h.seed))
@@ -209,7 +210,8 @@ class HardwareSubstrate:
         rows = hw.outer_products(xb, yb, free_s, net.masked(nudged.state, masksJ), plan, ec.rule)
         hw.apply_update(rows, B, self.lrs, mode=h.update, leakage=tc.weight_decay, threshold=h.manhattan_threshold,
                         refresh_threshold=h.refresh_threshold,
-                        shared=hw.shared_arrays(ec.rule) if self.optimizer is None else frozenset(),
+                        shared=hw.shared_arrays(ec.rule) if self.optimizer is None and h.update not in
+                        ("tiki_taka", "ttv2") else frozenset(),
                         optimizer=self.optimizer)
         logits = hw.logits(free_s)
         batch_loss = self._loss(logits, free_s, yb).sum()
@@ -227,7 +229,9 @@ class HardwareSubstrate:
             d = self.optimizer.stats()
             digital = {"digital_state_words": d["state_words"],
                        "digital_weight_updates": d["weight_updates"] - self.before_digital["weight_updates"]}
-        if self.hw.accumulators:  # mixed precision: one accumulator per device pair
+        if self.hw.fast_arrays:
+            digital["fast_array_devices"] = sum(2 * a.array.numel for a in self.hw.fast_arrays.values())
+        if self.hw.accumulators:  # mixed precision / TTv2: one accumulator per device pair
             digital["digital_state_words"] = digital.get("digital_state_words", 0) + sum(
                 a.numel() for a in self.hw.accumulators.values())
         return {**digital, "pulses": after["pulses"] - before["pulses"],

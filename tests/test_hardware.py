@@ -404,6 +404,41 @@ def test_mixed_precision_accumulates_the_remainder():
         assert float(fired[k].abs().max()) >= 1 and bool((fired[k] == 0).any())
 
 
+@pytest.mark.parametrize("mode", ["tiki_taka", "ttv2"])
+def test_tiki_taka_transfers_the_requests_without_loss_on_a_perfect_device(tmp_path, mode):
+    """Tiki-Taka / TTv2 on a perfect device (pulse quantum 1e-9 of the range, no noise) with the fast columns reset
+    after their transfer: the weight array plus the fast array (plus TTv2's buffer) hold every request made, to
+    the pulse quantum; the weight array alone lags by what is not transferred yet, and every column is transferred
+    in turn (a full cycle here)."""
+    from neuromorph.devices import load_card
+
+    net = LayeredNetwork([6, 5, 3], loss="mse", seed=0, dtype=torch.float64)
+    hw = HardwareNetwork(net, load_card(_fine_card(tmp_path)), Periphery(read_noise=False),
+                         generator=torch.Generator().manual_seed(0), transfer={"every": 1, "lr": 1.0, "reset": True})
+    w0 = {k: a.weights().clone() for k, a in hw.arrays().items()}
+    g = torch.Generator().manual_seed(1)
+    total = {k: torch.zeros_like(w) for k, w in w0.items()}
+    n_updates = 7  # >= the widest array's columns: every column transferred at least once
+    for _ in range(n_updates):
+        rows = {"w1": (torch.rand(4, 7, generator=g, dtype=torch.float64), torch.randn(4, 5, generator=g,
+                                                                                         dtype=torch.float64)),
+                "w2": (torch.rand(4, 6, generator=g, dtype=torch.float64), torch.randn(4, 3, generator=g,
+                                                                                         dtype=torch.float64))}
+        hw.apply_update(rows, 4, [0.05, 0.05], mode=mode)
+        for k, (pre, post) in rows.items():
+            total[k] += post.t() @ pre * 0.05 / 4
+    for k, arr in hw.arrays().items():
+        dw = arr.array.dw
+        moved_c = arr.weights() - w0[k]
+        held = moved_c + hw.fast_arrays[k].weights()
+        if mode == "ttv2":
+            held = held + hw.accumulators[k] * dw
+        assert float((held - total[k]).abs().max()) <= 4 * n_updates * dw
+        assert float(moved_c.abs().max()) > 1e3 * dw  # the transfers reached the weight array
+        assert (moved_c.abs().sum(0) > 0).all()  # every column was transferred
+    assert hw.transfers == n_updates
+
+
 def test_periphery_optimizer_refuses_pulse_trains(tmp_path):
     cfg = load_config(None, ["train.optimizer=adam", "hardware.update=pulse_train", "data.n_train=100",
                              "data.n_test=50", f"output.dir={json.dumps(str(tmp_path))}"])

@@ -31,8 +31,10 @@ def _state(tr):
 
 @pytest.mark.parametrize("extra", [["hardware.device=\"taox_hfox\""],
                                    ["hardware.device=\"reram_es\"", "train.optimizer=adam", "train.lr=[0.002, 0.001]"],
-                                   ["hardware.device=\"pcmo\"", "hardware.update=\"mixed_precision\""]],
-                         ids=["sgd-taox", "adam-reram", "mixed-precision-pcmo"])
+                                   ["hardware.device=\"pcmo\"", "hardware.update=\"mixed_precision\""],
+                                   ["hardware.device=\"reram_sb\"", "hardware.update=\"ttv2\"",
+                                    "hardware.tt_transfer_every=2"]],
+                         ids=["sgd-taox", "adam-reram", "mixed-precision-pcmo", "ttv2-reram-sb"])
 def test_a_killed_hardware_run_resumed_ends_bit_identical(tmp_path, extra):
     """Two epochs in one go, and one epoch then a resume (``train.epochs`` raised, as after a kill): the same
     conductances, pulse counts, counters, shadow weights, generator state and metrics."""
