@@ -270,7 +270,7 @@ class HardwareSubstrate:
     def epoch_line(self, m: dict) -> str:
         return (f"[{self.cfg.name} on {self.hw.card.name}] epoch {m['epoch']:>3}/{self.cfg.train.epochs}  train acc "
                 f"{m['train_acc']:.4f}  test acc {m['test_acc']:.4f}  pulses {m['pulses']:.3g}  "
-                f"energy {m['energy_J']:.3g} J  {m['train_time_s']:.1f}s")
+                f"energy {_energy_text(self.hw.card, m['energy_J'], '.3g')}  {m['train_time_s']:.1f}s")
 
 
 def HardwareTrainer(cfg: RunConfig, dataset: Dataset | None = None, out: str | Path | None = None,
@@ -328,6 +328,18 @@ def perturb_one_ulp(net, seed: int = 123) -> None:
             p.mul_(1 + torch.finfo(p.dtype).eps * sign.to(p.dtype))
 
 
+def _has_energy(card: DeviceCard) -> bool:
+    """Whether the card gives an energy per write pulse or per read (otherwise every energy is an unknown 0)."""
+    return card.pulse_energy > 0 or card.energy_per_read > 0
+
+
+def _energy_text(card: DeviceCard, joules: float, fmt: str = ".4g") -> str:
+    """``"1.2e-05 J"``, or ``"n/a"`` with the reason when the card gives no pulse or read energy."""
+    if not _has_energy(card):
+        return f"n/a ({card.name} gives no write-pulse or read energy)"
+    return f"{joules:{fmt}} J"
+
+
 def _notes(cfg: RunConfig) -> list[str]:
     kind = periphery_optimizer_kind(cfg)
     if kind is None:
@@ -369,7 +381,8 @@ def _compare_seeds(cfg: RunConfig, out: Path, log, card: DeviceCard | None, resu
         return statistics.fmean(v), statistics.stdev(v)
 
     summary = {"config": cfg.name, "device": hwt.hw.card.name, "epochs": cfg.train.epochs,
-               "seeds": [r["seed"] for r in rows], "per_seed": rows, "notes": _notes(cfg)}
+               "seeds": [r["seed"] for r in rows], "per_seed": rows, "notes": _notes(cfg),
+               "energy_available": _has_energy(hwt.hw.card)}
     for key in ("ideal_test_acc", "hardware_test_acc", "control_test_acc", "gap", "control_gap", "pulses",
                 "energy_J"):
         summary[key], summary[f"{key}_std"] = stat(key)
@@ -394,7 +407,8 @@ def _compare_seeds(cfg: RunConfig, out: Path, log, card: DeviceCard | None, resu
           f"| gap − control gap (points) | {100 * summary['gap_minus_control']:+.2f} ± "
           f"{100 * se:.2f} (SE): {verdict} |",
           f"| programming pulses | {pm('pulses', 1.0, '.4g')} |",
-          f"| energy (pulses + reads) (J) | {pm('energy_J', 1.0, '.4g')} |", "",
+          f"| energy (pulses + reads) (J) | "
+          f"{pm('energy_J', 1.0, '.4g') if _has_energy(hwt.hw.card) else _energy_text(hwt.hw.card, 0.0)} |", "",
           "| seed | reference | hardware | control | gap | control gap |", "|---|---|---|---|---|---|",
           *[f"| {r['seed']} | {100 * r['ideal_test_acc']:.2f} | {100 * r['hardware_test_acc']:.2f} | "
             f"{100 * r['control_test_acc']:.2f} | {100 * r['gap']:+.2f} | {100 * r['control_gap']:+.2f} |"
@@ -430,7 +444,8 @@ def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None, resume: bo
         "ideal_best_test_acc": max(h["test_acc"] for h in hist_i),
         "hardware_best_test_acc": max(h["test_acc"] for h in hist_h),
         "pulses": sum(h["pulses"] for h in hist_h), "refreshes": sum(h["refreshes"] for h in hist_h),
-        "energy_J": sum(h["energy_J"] for h in hist_h), "saturated_fraction": last_h["saturated_fraction"],
+        "energy_J": sum(h["energy_J"] for h in hist_h), "energy_available": _has_energy(hwt.hw.card),
+        "saturated_fraction": last_h["saturated_fraction"],
         "settling_time_tau": sum(h["settling_time_tau"] for h in hist_h) / len(hist_h),
         "hardware_nonconverged": last_h["test_nonconverged"],
         "representable_fraction": hwt.hw.representable, "tau_s": hwt.hw.tau,
@@ -444,7 +459,7 @@ def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None, resume: bo
             ("gap (ideal − hardware)", "", f"{summary['gap']:+.4f}"),
             ("programming pulses", "", f"{summary['pulses']:.4g}"),
             ("refreshes", "", f"{summary['refreshes']}"),
-            ("energy (pulses + reads)", "", f"{summary['energy_J']:.4g} J"),
+            ("energy (pulses + reads)", "", _energy_text(hwt.hw.card, summary["energy_J"])),
             ("saturated devices (end)", "", f"{100 * summary['saturated_fraction']:.2f} %"),
             ("mean settling time per phase", "", f"{summary['settling_time_tau']:.1f} τ (τ = {hwt.hw.tau:.3g} s)"),
             ("free phase not settled (test)", f"{100 * last_i['test_nonconverged']:.2f} %",

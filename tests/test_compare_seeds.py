@@ -36,3 +36,15 @@ def test_compare_over_seeds_with_the_one_ulp_control(tmp_path, capsys):
                  "--seeds", "0"]) == 2
     assert "--seeds 0: the number of seeds must be an integer >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_compare_says_na_for_energy_a_card_does_not_give(tmp_path):
+    """A card with no write-pulse or read energy (ReRAM ES, an aihwkit step model) reports "n/a", not 0 J."""
+    out = tmp_path / "cmp"
+    over = ["train.epochs=1", "data.n_train=120", "data.n_test=60", "train.progress=false", "ep.T=10", "ep.K=4"]
+    assert main(["compare", "--config", "configs/compare_digits.toml", "--device", "reram_es", "--out", str(out),
+                 *[a for o in over for a in ("--set", o)]]) == 0
+    s = json.loads((out / "comparison.json").read_text())
+    assert s["energy_available"] is False
+    assert "| energy (pulses + reads) |  | n/a (ReRAM ES (aihwkit) gives no write-pulse or read energy) |" in \
+        (out / "comparison.md").read_text()
