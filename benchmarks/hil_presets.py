@@ -2,6 +2,8 @@
 default (``w_max = 1``).
 
     python benchmarks/hil_presets.py --n-train 20000 --epochs 3        # both 784-512-10 recipes, 12 presets
+    python benchmarks/hil_presets.py --update mixed_precision --w-max auto --configs mnist_784_512_10_mse \
+        --devices reram_es taox_hfox pcmo ag_a_si                           # an update policy (its own results file)
 
 For each config (``configs/hil/mnist_784_512_10_mse.toml`` and ``..._xent.toml``) the reference is trained once
 (per seed), then every preset with each mapping of ``--w-max`` on the same data order, initial weights and schedule.
@@ -28,7 +30,6 @@ from neuromorph.runio import atomic_write
 from neuromorph.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "benchmarks/results/hil_presets.json"
 
 
 def table(res: dict) -> str:
@@ -58,10 +59,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--n-train", type=int, default=20000, help="training images (0: the whole training set)")
+    ap.add_argument("--update", default="", help="hardware.update of the hardware runs (default: the config's); "
+                    "results go to benchmarks/results/hil_presets_<update>.json")
     args = ap.parse_args()
+    OUT = ROOT / "benchmarks/results" / (f"hil_presets_{args.update}.json" if args.update else "hil_presets.json")
     torch.set_num_threads(2)
     res = json.loads(OUT.read_text()) if OUT.exists() else {}
-    setup = {"epochs": args.epochs, "n_train": args.n_train, "w_max": args.w_max}
+    setup = {"epochs": args.epochs, "n_train": args.n_train, "w_max": args.w_max, "update": args.update or None}
     if {k: res.get(k) for k in setup} != setup:
         res = {**setup, "configs": {}}
     for cfg_name in args.configs:
@@ -83,6 +87,7 @@ def main() -> None:
                         continue
                     cfg = load_config(path, [*over, f'hardware.device="{dev}"',
                                              f'hardware.w_max={json.dumps(m) if m == "auto" else m}',
+                                             *([f'hardware.update="{args.update}"'] if args.update else []),
                                              f'output.dir="{ROOT / "runs/bench/hil_presets/hw"}"'])
                     t0 = time.perf_counter()
                     tr = HardwareTrainer(cfg, dataset=ref.dataset)

@@ -475,7 +475,7 @@ def test_kp_vf_on_hardware_aligns_forward_and_backward_arrays(tmp_path):
     for rule in ("kp_vf", "vf"):
         cfg = load_config("configs/compare_digits.toml", [
             "model.layers=[64,64,32,10]", "train.lr=[0.5,0.5,0.2]", "model.unidirectional=true", f"ep.rule={rule}",
-            "train.weight_decay=1e-2", "train.epochs=6", "train.progress=false",
+            "train.weight_decay=1e-2", "train.epochs=6", "train.momentum=0", "train.progress=false",
             f"output.dir={json.dumps(str(tmp_path / rule))}"])
         hist = HardwareTrainer(cfg).fit(log=None)
         angles[rule] = [h["angles"][0] for h in hist]
