@@ -280,7 +280,8 @@ class HardwareConfig:
     """Update requests → pulses: ``stochastic_rounding``, ``deterministic``, ``manhattan``, ``pulse_train`` or
     ``mixed_precision`` (a digital accumulator per weight, a pulse when it passes the device's step)."""
     tt_transfer_every: int = 1
-    """Tiki-Taka / TTv2: updates between two column transfers from the fast array (aihwkit ``transfer_every``)."""
+    """Tiki-Taka / TTv2: training samples between two column transfers from the fast array (aihwkit
+    ``transfer_every`` in its default unit, samples: a batch of 50 transfers 50 columns)."""
     tt_transfer_lr: float = 1.0
     """Tiki-Taka / TTv2: the read fast-array column times this is the weight array's request (aihwkit
     ``transfer_lr``)."""

@@ -240,7 +240,7 @@ class HardwareNetwork:
             once per phase (the static input makes its current constant; this is also what the reference does
             with its input drive, and it saves the largest product of the loop).
         generator: seeded generator (device sampling, read noise, stochastic programming).
-        transfer: Tiki-Taka / TTv2 (``apply_update`` modes ``tiki_taka``, ``ttv2``): ``{"every": updates between
+        transfer: Tiki-Taka / TTv2 (``apply_update`` modes ``tiki_taka``, ``ttv2``): ``{"every": samples between
             two column transfers, "lr": the transfer's scale, "reset": program a transferred fast column back to 0}``
             (default ``{"every": 1, "lr": 1.0, "reset": False}``).
     """
@@ -296,7 +296,7 @@ class HardwareNetwork:
         self.fast_arrays: dict[str, CrossbarLayer] = {}
         """Tiki-Taka's fast arrays (the requests' accumulators), one per array, made at the first update."""
         self.transfers = 0
-        """Updates since the first Tiki-Taka update (a column transfer every ``transfer["every"]``)."""
+        """Samples since the first Tiki-Taka update (a column transfer every ``transfer["every"]`` samples)."""
         self._fast_kw = dict(tile_size=tile_size, generator=self.generator, device=net.device, dtype=net.dtype,
                              mapping=mapping, policy=policy)
         self.accumulators: dict[str, torch.Tensor] = {}
@@ -748,8 +748,9 @@ class HardwareNetwork:
         """Tiki-Taka (Gokmen & Haensch 2020) and TTv2 (Gokmen 2021), with aihwkit's ``gamma = 0``: the weights read
         in the phases are the weight arrays ``C``; every array has a fast array ``A`` of the same devices that the
         EP requests (or the periphery optimizer's changes) are programmed into, by stochastic rounding. Every
-        ``transfer["every"]`` updates one column of each ``A`` (in turn) is read through the periphery (a forward
-        read of a one-hot input: read noise included) and ``transfer["lr"]`` times it is the request of the same
+        ``transfer["every"]`` samples (aihwkit's default unit; at most every column once per update) the next
+        column of each ``A`` (in turn) is read through the periphery (a forward read of a one-hot input: read noise
+        included) and ``transfer["lr"]`` times it is the request of the same
         column of ``C``: fired by stochastic rounding (``tiki_taka``) or added to a digital buffer ``H`` that fires
         its whole steps and keeps the rest (``ttv2``, the buffer's state in :attr:`accumulators`). With
         ``transfer["reset"]`` the transferred column of ``A`` is programmed back to 0 (deterministic rounding)."""
@@ -766,32 +767,33 @@ class HardwareNetwork:
             else:
                 pre, post = rows[name]
                 fa.program_steps((post.t() @ pre).mul_(lr_of[name] / (batch * fa.dw)), realised=False)
-        self.transfers += 1
-        if self.transfers % self.transfer["every"] == 0:
-            k = self.transfers // self.transfer["every"] - 1
+        every, before = self.transfer["every"], self.transfers
+        self.transfers += batch  # samples seen: a column transfer every `every` samples (aihwkit's default units)
+        k0, n_tr = before // every, self.transfers // every - before // every
+        if n_tr > 0:
             for name, arr in arrays.items():
                 fast, ca = self._fast(name), arr.array
-                col = k % arr.in_features
-                onehot = torch.zeros(1, arr.in_features, dtype=self.net.dtype, device=self.net.device)
-                onehot[0, col] = 1.0
-                read = fast.forward(onehot, t=self.read_time)[0]  # W_A[:, col], as read
-                req = (read * (self.transfer["lr"] / ca.dw)).unsqueeze(1)
-                cols = torch.tensor([col], device=req.device)
+                n_in = arr.in_features
+                cols = torch.unique((k0 + torch.arange(min(n_tr, n_in))) % n_in).to(self.net.device)  # ascending
+                onehot = torch.zeros(len(cols), n_in, dtype=self.net.dtype, device=self.net.device)
+                onehot[torch.arange(len(cols)), cols] = 1.0
+                read = fast.forward(onehot, t=self.read_time).t()  # W_A[:, cols], as read (with read noise)
+                req = read.mul_(self.transfer["lr"] / ca.dw)
                 if mode == "ttv2":
                     buf = self.accumulators.get(name)
                     if buf is None:
                         buf = self.accumulators[name] = torch.zeros(ca.shape, dtype=req.dtype, device=req.device)
-                    buf[:, col:col + 1] += req
-                    n = torch.trunc(buf[:, col:col + 1])
-                    buf[:, col:col + 1] -= n
+                    part = buf[:, cols] + req
+                    n = torch.trunc(part)
+                    buf[:, cols] = part - n
                     full = torch.zeros(ca.shape, dtype=torch.int32, device=req.device)
-                    full[:, col:col + 1] = n.to(torch.int32)
+                    full[:, cols] = n.to(torch.int32)
                     ca.apply_weight_pulses(full, realised=False)
                 else:
                     ca.program_steps(req, cols=cols, realised=False)
                 if self.transfer["reset"]:
                     fa = fast.array
-                    back = (-fast.weights()[:, col:col + 1]).div_(fa.dw)
+                    back = (-fast.weights()[:, cols]).div_(fa.dw)
                     fa.program_steps(back, cols=cols, mode="deterministic", realised=False)
                 if refresh_threshold > 0:
                     arr.refresh(refresh_threshold)
