@@ -75,7 +75,7 @@ def _cmd_evaluate(args) -> int:
         tr = Trainer(replace(cfg, output=replace(cfg.output, checkpoint=False)), dataset=ds)
         x, y = tr.split(args.split)
         m = evaluate(net, x.to(net.device, net.dtype), y.to(net.device), cfg.ep.T, cfg.train.eval_batch_size,
-                     cfg.ep.convergence_tol)
+                     cfg.ep.convergence_tol, cfg.ep.steady_tol or None)
         where = "(ideal reference)"
     print(f"{cfg.name} (epoch {ck['epoch'] + 1}) {where} on {cfg.data.name}/{args.split}: accuracy {m['acc']:.4f}  "
           f"error {100 * (1 - m['acc']):.2f}%  loss {m['loss']:.4f}  not converged {100 * m['nonconverged']:.2f}%  "

@@ -82,15 +82,9 @@ def relax(net: LayeredNetwork, drive: torch.Tensor, state: State, steps: int, *,
             return res
     ctx = torch.enable_grad() if track_grad else torch.no_grad()
     with ctx:
-        consts, ngb = net.constants(drive, y, beta, params)
-        reads = net.reads(consts, ngb, net._split(params))
-        o, inplace = net.act.offset, not track_grad
-
-        def target(s: State) -> list[torch.Tensor]:
-            return node_targets(reads, s, masks=masks, offset=o, inplace=inplace)
-
-        s, _, residual, traj, n = iterate(target, net.act.unit_, net.act.unit_fn, state, steps, inplace=inplace,
-                                          record=record, tol=tol)
+        inplace = not track_grad
+        s, _, residual, traj, n = iterate(_target(net, drive, y, beta, masks, params, inplace), net.act.unit_,
+                                          net.act.unit_fn, state, steps, inplace=inplace, record=record, tol=tol)
     return RelaxResult(s, residual, traj, n)
 
 
@@ -98,17 +92,24 @@ def ideal_field(net: LayeredNetwork, drive: torch.Tensor, *, tau: float, y: torc
                 beta: float | torch.Tensor = 0.0, masks: list | None = None, params=None) -> NodeField:
     """The node equation of the ideal substrate for one phase (free: ``beta=0``; nudged: ``beta`` and ``y``).
 
-    ``z(s) = net.preactivation(s, consts, −γβ)`` with the constants of :meth:`LayeredNetwork.constants`
-    computed once, exactly as in :func:`relax` (same arguments: ``drive`` from
+    ``z(s)`` of :func:`~neuromorph.phase.node_targets` on the network's reads, with the constants of
+    :meth:`LayeredNetwork.constants` computed once, exactly as in :func:`relax` (same arguments: ``drive`` from
     :meth:`LayeredNetwork.input_drive`, ``beta`` a float or a per-sample ``(B, 1)`` column, dropout
     ``masks`` fixed for the phase).
     """
     if y is None and not (isinstance(beta, (int, float)) and beta == 0):
         raise ValueError("a nudged phase (beta != 0) needs targets y")
+    return NodeField(_target(net, drive, y, beta, masks, params, inplace=False), net.act.unit_fn, tau)
+
+
+def _target(net: LayeredNetwork, drive, y, beta, masks, params, inplace: bool):
+    """``s -> z(s)`` of one phase on the ideal store: its reads made once (constants folded), then
+    :func:`~neuromorph.phase.node_targets` per evaluation."""
     consts, ngb = net.constants(drive, y, beta, params)
     reads = net.reads(consts, ngb, net._split(params))
+    o = net.act.offset
 
     def target(s: State) -> list[torch.Tensor]:
-        return node_targets(reads, s, masks=masks, offset=net.act.offset, inplace=False)
+        return node_targets(reads, s, masks=masks, offset=o, inplace=inplace)
 
-    return NodeField(target, net.act.unit_fn, tau)
+    return target

@@ -646,7 +646,8 @@ class HardwareNetwork:
         programmed weights, by stochastic rounding. ``refresh_threshold`` > 0 refreshes saturated pairs.
         ``optimizer``: a :class:`~neuromorph.policies.PeripheryOptimizer` (momentum or Adam in the digital
         periphery) turns every array's estimate into the change requested (its weight decay replaces the leakage,
-        every array its own state: no shared pulses); it needs a request per device (not ``pulse_train``).
+        every array its own state: ``shared`` does not apply); it needs a request per device (not ``pulse_train``).
+        Tiki-Taka and TTv2 give every array its own fast array (``shared`` does not apply either).
         """
         if mode not in UPDATE_MODES:
             raise ValueError(f"unknown update mode {mode!r}; allowed: {', '.join(UPDATE_MODES)}")

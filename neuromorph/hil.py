@@ -210,8 +210,7 @@ class HardwareSubstrate:
         rows = hw.outer_products(xb, yb, free_s, net.masked(nudged.state, masksJ), plan, ec.rule)
         hw.apply_update(rows, B, self.lrs, mode=h.update, leakage=tc.weight_decay, threshold=h.manhattan_threshold,
                         refresh_threshold=h.refresh_threshold,
-                        shared=hw.shared_arrays(ec.rule) if self.optimizer is None and h.update not in
-                        ("tiki_taka", "ttv2") else frozenset(),
+                        shared=hw.shared_arrays(ec.rule),
                         optimizer=self.optimizer)
         logits = hw.logits(free_s)
         batch_loss = self._loss(logits, free_s, yb).sum()
