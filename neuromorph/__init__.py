@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time __getattr__ loads e
         dump_toml,
         load_config,
     )
+    from .cost import CostReport, Technology, load_technology, measure_cost
     from .crossbar import CrossbarLayer, CrossbarTile, DifferentialArray, Periphery
     from .data import Dataset, DatasetError, load_dataset
     from .devices import (
@@ -87,6 +88,8 @@ __all__ = [
     # the simulated hardware and hardware-in-the-loop training
     "HardwareNetwork", "HardwareTrainer", "HardwareSubstrate", "hardware_from_config", "periphery_from_config",
     "hardware_from_checkpoint",
+    # the cost model: energy, latency and area of training and inference
+    "measure_cost", "CostReport", "Technology", "load_technology",
     # SPICE export and sweeps
     "build_netlist", "export_netlist",
     "load_sweep", "run_sweep", "read_results", "SweepError",
@@ -108,6 +111,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "hardware": ("HardwareNetwork",),
     "hil": ("HardwareTrainer", "HardwareSubstrate", "hardware_from_config", "periphery_from_config",
             "hardware_from_checkpoint"),
+    "cost": ("CostReport", "Technology", "load_technology", "measure_cost"),
     "spice": ("build_netlist", "export_netlist"),
     "sweep": ("load_sweep", "run_sweep", "read_results", "SweepError"),
 }

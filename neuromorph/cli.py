@@ -197,6 +197,20 @@ def _cmd_compare(args) -> int:
     return 0
 
 
+def _cmd_cost(args) -> int:
+    from .cost import run_cost
+
+    overrides = list(args.set or [])
+    if args.device:
+        overrides.append(f"hardware.device={_quote(args.device)}")
+    if args.technology:
+        overrides.append(f"hardware.technology={_quote(args.technology)}")
+    cfg = load_config(args.config, overrides)
+    out = args.out or f"runs/cost/{cfg.name}-{Path(cfg.hardware.device).stem}"
+    run_cost(cfg, out, args.batches)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="neuromorph", description="Equilibrium Propagation on simulated analog hardware.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -263,6 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--resume", action="store_true", help="continue both runs from their checkpoints (the hardware's "
                    "holds the device state: a killed comparison ends as an uninterrupted one would)")
     h.set_defaults(func=_cmd_compare)
+
+    k = sub.add_parser("cost", help="energy, latency and area of training and inference on the simulated chip")
+    k.add_argument("--config", required=True, help="TOML config file (see configs/)")
+    k.add_argument("--device", help="device card: a preset name or a card TOML (overrides hardware.device)")
+    k.add_argument("--technology", help="technology card: a name of device_models/technology/ or a TOML path "
+                   "(overrides hardware.technology)")
+    k.add_argument("--batches", type=int, default=2, help="training batches measured on the hardware (default 2)")
+    k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    k.add_argument("--out", help="output directory (default runs/cost/<name>-<device>)")
+    k.set_defaults(func=_cmd_cost)
 
     from .devices.cli import add_parser as add_device_parser
 

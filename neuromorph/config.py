@@ -276,6 +276,9 @@ class HardwareConfig:
     """Read the input array at every solver evaluation (fresh read noise) instead of once per phase."""
     activity_bits: int = 0
     """ADC resolution of the neuron activities read for the local update (0: exact)."""
+    technology: str = "default"
+    """Technology card of the cost model (energy, latency, area; :mod:`neuromorph.cost`): a name of
+    ``device_models/technology/`` or a path to a card TOML."""
     update: str = "stochastic_rounding"
     """Update requests → pulses: ``stochastic_rounding``, ``deterministic``, ``manhattan``, ``pulse_train`` or
     ``mixed_precision`` (a digital accumulator per weight, a pulse when it passes the device's step)."""

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .config import RunConfig
+from .cost import ActivityMeter, Workload, estimate, load_technology, snapshot
 from .crossbar import Periphery
 from .data import Dataset, iterate_batches
 from .devices import DeviceCard, load_card
@@ -142,6 +143,7 @@ class HardwareSubstrate:
         euler_tau = h.solver == "euler" and h.dt_tau == 1.0
         self.solver = None if euler_tau else make_solver(h.solver, h.dt_tau, self.hw.tau, h.rtol, h.atol)
         self.estimator = make_estimator(cfg.ep.estimator, cfg.ep.beta)
+        self.technology = load_technology(h.technology)
         self.optimizer = periphery_optimizer(cfg, self.hw)
         if self.optimizer is not None and h.update == "pulse_train":
             raise ValueError(f"train.optimizer = {cfg.train.optimizer!r} with momentum {cfg.train.momentum}: the "
@@ -191,6 +193,11 @@ class HardwareSubstrate:
         self.before = self.hw.stats()
         self.before_digital = self.optimizer.stats() if self.optimizer is not None else None
         self.settle_t, self.steps, self.phases = 0.0, 0, 0
+        self.cost_before = snapshot(self.hw)
+        self.optimizer_updates0 = self.optimizer.n_updates if self.optimizer is not None else 0
+        self.work = Workload(optimizer=self.optimizer.kind if self.optimizer is not None else None,
+                             pulse_trains=self.cfg.hardware.update == "pulse_train")
+        self.activity = ActivityMeter()
 
     @torch.no_grad()
     def step(self, xb: torch.Tensor, yb: torch.Tensor, masks, sign_gen: torch.Generator, where: str):
@@ -219,6 +226,12 @@ class HardwareSubstrate:
             self.settle_t += float(r.t) / hw.tau
             self.steps += r.n_steps
             self.phases += 1
+        w = self.work  # the cost model's workload (neuromorph.cost)
+        w.samples += B
+        w.node_steps += B * free.settle.n_steps + J * B * nudged.settle.n_steps
+        w.phase_rows += B + J * B
+        w.updates += 1
+        self.activity.add(xb, free.state)
         return logits, batch_loss, (~self._converged(free)).sum()
 
     def end_epoch(self) -> dict:
@@ -233,6 +246,17 @@ class HardwareSubstrate:
         if self.hw.accumulators:  # mixed precision / TTv2: one accumulator per device pair
             digital["digital_state_words"] = digital.get("digital_state_words", 0) + sum(
                 a.numel() for a in self.hw.accumulators.values())
+        w = self.work
+        if self.optimizer is not None:
+            w.optimizer_updates = self.optimizer.n_updates - self.optimizer_updates0
+        w.accumulator_updates = w.updates if self.hw.accumulators else 0
+        cost = estimate(self.hw, self.cost_before, snapshot(self.hw), w, self.technology, self.activity.means())
+        c = cost.to_dict()
+        digital.update({"cost_energy_per_sample_J": c["energy_per_sample_J"],
+                        "cost_energy_by_term_J": c["energy_per_sample_by_term_J"],
+                        "cost_latency_per_sample_s": c["latency_per_sample_s"], "cost_area_m2": c["area_m2"],
+                        "cost_gpu_energy_per_sample_J": c["gpu_energy_per_sample_J"]})
+        self.last_cost = cost
         return {**digital, "pulses": after["pulses"] - before["pulses"],
                 "pulses_per_device": (after["pulses"] - before["pulses"]) / after["devices"],
                 "refreshes": after["refreshes"] - before["refreshes"],
@@ -449,6 +473,7 @@ def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None, resume: bo
         "hardware_nonconverged": last_h["test_nonconverged"],
         "representable_fraction": hwt.hw.representable, "tau_s": hwt.hw.tau,
         "ideal_time_s": t_ideal, "hardware_time_s": t_hw, "notes": notes,
+        "cost": hwt.sub.last_cost.to_dict() if getattr(hwt.sub, "last_cost", None) is not None else None,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "comparison.json").write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False))
@@ -464,6 +489,13 @@ def _compare(cfg: RunConfig, out: Path, log, card: DeviceCard | None, resume: bo
             ("free phase not settled (test)", f"{100 * last_i['test_nonconverged']:.2f} %",
              f"{100 * summary['hardware_nonconverged']:.2f} %"),
             ("wall-clock training time", f"{t_ideal:.1f} s", f"{t_hw:.1f} s")]
+    cost = summary["cost"]
+    if cost is not None:  # the cost model of the last epoch (neuromorph.cost)
+        rows[5:6] = [rows[5], ("energy per training sample (cost model, last epoch)",
+                               f"{cost['gpu_energy_per_sample_J']:.3g} J on a GPU (estimate)",
+                               f"{cost['energy_per_sample_J']:.3g} J (largest: {cost['largest_term']})"),
+                     ("latency per training sample (cost model)", "", f"{cost['latency_per_sample_s']:.3g} s"),
+                     ("chip area (cost model)", "", f"{cost['area_m2'] * 1e6:.3g} mm²")]
     rep = ", ".join(f"{k} {100 * v:.1f} %" for k, v in hwt.hw.representable.items())
     md = [f"# {cfg.name}: ideal reference vs hardware ({hwt.hw.card.name})", "",
           "| | ideal | hardware |", "|---|---|---|", *[f"| {a} | {b} | {c} |" for a, b, c in rows], "",

@@ -611,7 +611,8 @@ _COLUMNS = """
     params TEXT NOT NULL, config TEXT NOT NULL, card TEXT,
     status TEXT NOT NULL DEFAULT 'pending', error TEXT, attempts INTEGER NOT NULL DEFAULT 0,
     test_acc REAL, best_test_acc REAL, train_acc REAL, test_loss REAL, epochs INTEGER,
-    pulses REAL, refreshes REAL, energy_J REAL, saturated_fraction REAL, train_time_s REAL, wall_s REAL,
+    pulses REAL, refreshes REAL, energy_J REAL, energy_per_sample_J REAL, saturated_fraction REAL,
+    train_time_s REAL, wall_s REAL,
     submitted_at REAL, started_at REAL, finished_at REAL, host TEXT, pid INTEGER, history TEXT
 """
 
@@ -646,6 +647,8 @@ class ResultsDB:
     def prepare(self, sweep: Sweep) -> None:
         """Add a column (and an index) per axis, record the sweep, insert its runs that are not there yet."""
         have = {r[1] for r in self.con.execute("PRAGMA table_info(runs)")}
+        if "energy_per_sample_J" not in have:  # a table written before the cost model
+            self.con.execute("ALTER TABLE runs ADD COLUMN energy_per_sample_J REAL")
         for a in sweep.axes:
             if a.key not in have:
                 self.con.execute(f"ALTER TABLE runs ADD COLUMN {_col(a.key)}")
@@ -681,6 +684,7 @@ class ResultsDB:
                "test_acc": last.get("test_acc"), "best_test_acc": max((h["test_acc"] for h in hist), default=None),
                "train_acc": last.get("train_acc"), "test_loss": last.get("test_loss"), "epochs": len(hist),
                "pulses": total("pulses"), "refreshes": total("refreshes"), "energy_J": total("energy_J"),
+               "energy_per_sample_J": _mean_cost(hist),
                "saturated_fraction": last.get("saturated_fraction"),
                "train_time_s": float(sum(h.get("train_time_s", 0.0) for h in hist)), "wall_s": res.get("wall_s"),
                "started_at": res.get("started_at"), "finished_at": res.get("finished_at"),
@@ -688,6 +692,12 @@ class ResultsDB:
         self.con.execute(f"UPDATE runs SET {', '.join(f'{k} = ?' for k in row)} WHERE run_id = ?",
                          [*row.values(), res["run_id"]])
         self.con.commit()
+
+
+def _mean_cost(hist: list[dict]) -> float | None:
+    """The cost model's energy per training sample, averaged over the epochs (hardware runs; None otherwise)."""
+    vals = [h["cost_energy_per_sample_J"] for h in hist if h.get("cost_energy_per_sample_J") is not None]
+    return float(sum(vals) / len(vals)) if vals else None
 
 
 def read_results(path: str | Path, *, current_only: bool = True) -> tuple[dict, list[dict]]:

@@ -252,16 +252,17 @@ def _plot_learning_curves(t: _Table, out: Path) -> Path:
 
 
 def _plot_cost(t: _Table, out: Path) -> Path:
-    fig, axs = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
+    fig, axs = plt.subplots(1, 3, figsize=(15, 4.2), dpi=120)
     first = t.axes[0] if t.axes else None
     second = t.axes[1] if len(t.axes) > 1 and len(t.axes[1][1]) <= 6 else None
     markers = "osD^v<>p"
     for ax, col, label in ((axs[0], "pulses", "programming pulses in training"),
-                           (axs[1], "energy_J", "energy of training (pulses + reads) (J)")):
-        drawn = False
+                           (axs[1], "energy_J", "energy of training (pulses + reads) (J)"),
+                           (axs[2], "energy_per_sample_J", "energy per training sample, cost model (J)")):
+        drawn, front = False, []
         for pk, runs in t.points.items():
             p = t.params(pk)
-            vals = np.array([r[col] for r in runs if r[col] is not None], dtype=float)
+            vals = np.array([r.get(col) for r in runs if r.get(col) is not None], dtype=float)
             if not len(vals) or not np.all(vals > 0):
                 continue
             m, s = t.acc(runs)
@@ -270,11 +271,18 @@ def _plot_cost(t: _Table, out: Path) -> Path:
             ax.errorbar(vals.mean(), m, xerr=vals.std(), yerr=s, fmt=markers[mi % len(markers)], ms=5, capsize=2,
                         color=plt.get_cmap("viridis", max(len(first[1]) if first else 1, 2))(ci))
             drawn = True
+            front.append((float(vals.mean()), m))
         if drawn:
             ax.set_xscale("log")
-        else:
-            ax.text(0.5, 0.5, "no values > 0\n(the card has no energy per pulse / read?)" if col == "energy_J"
-                    else "no pulses", ha="center", va="center", transform=ax.transAxes)
+        if drawn and col == "energy_per_sample_J":  # the Pareto front: no other point is cheaper and as accurate
+            pts = pareto_front(front)
+            ax.step([e for e, _ in pts], [a for _, a in pts], where="post", color="k", lw=1, alpha=0.6,
+                    label="Pareto front")
+            ax.legend(fontsize=7, loc="lower right")
+        if not drawn:
+            why = {"energy_J": "no values > 0\n(the card has no energy per pulse / read?)", "pulses": "no pulses",
+                   "energy_per_sample_J": "no cost-model energy\n(runs written before the cost model)"}[col]
+            ax.text(0.5, 0.5, why, ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(label)
         ax.set_ylabel("final test accuracy (%)")
         ax.grid(True, which="both", alpha=0.3)
@@ -290,6 +298,17 @@ def _plot_cost(t: _Table, out: Path) -> Path:
         axs[1].legend(handles=handles, fontsize=7, loc="best")
     fig.suptitle(t.caption() + " (both axes)", fontsize=9)
     return _save(fig, out / "cost_vs_accuracy.png")
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The ``(cost, accuracy)`` points no other point beats on both (lower or equal cost and higher or equal
+    accuracy, one strictly), sorted by cost."""
+    best, out = -math.inf, []
+    for c, a in sorted(points, key=lambda p: (p[0], -p[1])):
+        if a > best:
+            out.append((c, a))
+            best = a
+    return out
 
 
 def plot_sweep(results: str | Path, out: str | Path) -> list[Path]:

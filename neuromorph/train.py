@@ -516,7 +516,9 @@ class Trainer:
                                    f"beta={self.cfg.ep.beta}): "
                                    "lower the learning rates or beta, or check the data")
 
-    def train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self, epoch: int, *, max_batches: int | None = None, evaluate: bool = True) -> dict:
+        """Train one epoch (its first ``max_batches`` batches when given) and evaluate on the test split (unless
+        ``evaluate`` is false: the test entries are then None). Returns the epoch's metrics."""
         cfg, net, sub = self.cfg, self.net, self.sub
         tc = cfg.train
         self.epoch = epoch
@@ -527,6 +529,9 @@ class Trainer:
         sub.begin_epoch(lrs)
         n = self.x_train.shape[0]
         n_batches = math.ceil(n / tc.batch_size)
+        if max_batches is not None:
+            n_batches = min(n_batches, max_batches)
+            n = min(n, n_batches * tc.batch_size)
         correct = torch.zeros((), dtype=torch.long, device=net.device)
         loss_sum = torch.zeros((), dtype=net.dtype, device=net.device)
         bad = torch.zeros((), dtype=torch.long, device=net.device)
@@ -535,6 +540,8 @@ class Trainer:
         t0 = time.perf_counter()
         for i, (xb, yb) in enumerate(iterate_batches(self.x_train, self.y_train, tc.batch_size, shuffle=True,
                                                      generator=order_gen)):
+            if i == n_batches:
+                break
             xb = self.prepare_batch(xb, aug_gen)
             masks = net.sample_dropout_masks(xb.shape[0], drop_gen)
             logits, batch_loss, n_bad = sub.step(xb, yb, masks, sign_gen, f"epoch {epoch + 1}, batch {i + 1}/"
@@ -550,7 +557,7 @@ class Trainer:
         train_time = time.perf_counter() - t0
         extras = sub.end_epoch()
         t1 = time.perf_counter()
-        test = sub.evaluate(self.x_test, self.y_test)
+        test = sub.evaluate(self.x_test, self.y_test) if evaluate else dict.fromkeys(("acc", "loss", "nonconverged"))
         return {"epoch": epoch + 1, "lr": lrs,
                 "train_acc": int(correct) / n, "train_loss": float(loss_sum) / n,
                 "train_nonconverged": int(bad) / n if tc.algorithm == "ep" else None,

@@ -452,12 +452,17 @@ def _resolve(path_or_name: str | os.PathLike) -> Path:
 def load_card(path_or_name: str | os.PathLike) -> DeviceCard:
     """Load a card: a preset name (``device_models/<name>.toml``) or a path to a user's TOML card."""
     path = _resolve(path_or_name)
-    text = read_text_file(path, _CARD_EXPECTED, DeviceCardError)
+    return card_from_dict(read_toml_file(path, _CARD_EXPECTED, DeviceCardError), where=str(path))
+
+
+def read_toml_file(path: Path, expected: str, error: type[ValueError] = ValueError) -> dict:
+    """The parsed TOML of ``path`` (:func:`read_text_file`); invalid TOML raises ``error`` naming the file, the
+    parser's message and ``expected``."""
+    text = read_text_file(path, expected, error)
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise DeviceCardError(f"{path}: not valid TOML: {e}; expected {_CARD_EXPECTED}") from None
-    return card_from_dict(data, where=str(path))
+        raise error(f"{path}: not valid TOML: {e}; expected {expected}") from None
 
 
 _CARD_EXPECTED = ("a TOML device card (UTF-8 text with a [device] table (name, model) and a [parameters] table, "
