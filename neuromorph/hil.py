@@ -252,7 +252,7 @@ class HardwareSubstrate:
         w.accumulator_updates = w.updates if self.hw.accumulators else 0
         cost = estimate(self.hw, self.cost_before, snapshot(self.hw), w, self.technology, self.activity.means())
         c = cost.to_dict()
-        digital.update({"cost_energy_per_sample_J": c["energy_per_sample_J"],
+        digital.update({"cost_energy_J": cost.total_energy, "cost_energy_per_sample_J": c["energy_per_sample_J"],
                         "cost_energy_by_term_J": c["energy_per_sample_by_term_J"],
                         "cost_latency_per_sample_s": c["latency_per_sample_s"], "cost_area_m2": c["area_m2"],
                         "cost_gpu_energy_per_sample_J": c["gpu_energy_per_sample_J"]})

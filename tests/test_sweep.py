@@ -299,4 +299,8 @@ def test_plot_writes_every_figure(serial, tmp_path, capsys):
     svg = (out / "accuracy_vs_device_max_pulses.svg").read_text()
     assert "device max_pulses (levels)" in svg and "ideal reference" in svg
     assert "accuracy_vs_device_max_pulses.png" in capsys.readouterr().out
+    # the cost model's energy per training sample is in the table, and its panel draws the Pareto front
+    _, rows = read_results(serial["out"] / RESULTS)
+    assert all(r["energy_per_sample_J"] > 0 for r in rows if r["kind"] == "hardware" and r["status"] == "done")
+    assert "Pareto front" in (out / "cost_vs_accuracy.svg").read_text()
     assert main(["plot", str(tmp_path / "none.sqlite")]) == 2
