@@ -8,6 +8,8 @@ for both sides).
 
     python benchmarks/hil_epoch_time.py [--config configs/hil/mnist_784_512_10_mse.toml ...] [--devices taox_hfox ...]
         [--out benchmarks/results/hil_epoch_time.json]
+    python benchmarks/hil_epoch_time.py --updates stochastic_rounding mixed_precision tiki_taka ttv2 --w-max auto \
+        --devices taox_hfox --out benchmarks/results/hil_epoch_time_policies.json     # the update policies' times
 
 A device is a preset name or a card file (e.g. ``benchmarks/results/ideal_device_card.toml``, whose 1e-9 pulse
 quantum makes every update pulse every device: the dense programming path).
@@ -36,6 +38,8 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=20000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--updates", nargs="+", default=["stochastic_rounding"], help="hardware.update policies timed")
+    ap.add_argument("--w-max", default="1", help='hardware.w_max ("auto" or a number; 1 as the recorded tables)')
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/hil_epoch_time.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -43,22 +47,25 @@ def main() -> None:
     dataset = None
     for config in args.config:
         name = str(config.resolve().relative_to(ROOT))
-        for dev in args.devices:
-            cfg = load_config(config, [f"data.n_train={args.n_train}", "train.progress=false", "hardware.w_max=1",
-                                       "output.checkpoint=false", f'hardware.device="{dev}"',
+        for dev, update in [(d, u) for d in args.devices for u in args.updates]:
+            w_max = f'"{args.w_max}"' if args.w_max == "auto" else args.w_max
+            cfg = load_config(config, [f"data.n_train={args.n_train}", "train.progress=false",
+                                       f"hardware.w_max={w_max}", "output.checkpoint=false",
+                                       f'hardware.device="{dev}"', f'hardware.update="{update}"',
                                        f'output.dir="{ROOT / "runs/bench/hil_time"}"'])
             ideal = Trainer(cfg, dataset=dataset, overwrite=True)
             dataset = ideal.dataset
             hw = HardwareTrainer(cfg, dataset=dataset, out=ROOT / "runs/bench/hil_time/hw")
             t_i, t_h = [], []
             for r in range(args.repeats):
-                t_i.append(ideal.train_epoch(r)["train_time_s"])
-                t_h.append(hw.train_epoch(r)["train_time_s"])
+                t_i.append(ideal.train_epoch(r, evaluate=False)["train_time_s"])
+                t_h.append(hw.train_epoch(r, evaluate=False)["train_time_s"])
             mi, mh = statistics.median(t_i), statistics.median(t_h)
             worst = max(h / i for h, i in zip(t_h, t_i))
-            rows.append({"config": name, "device": dev, "ideal_s": t_i, "hardware_s": t_h, "ideal_median_s": mi,
-                         "hardware_median_s": mh, "ratio": mh / mi, "worst_epoch_ratio": worst})
-            print(f"{config.stem} {dev:>10}: ideal {mi:.2f} s/epoch  hardware {mh:.2f} s/epoch  ratio {mh / mi:.2f}x"
+            rows.append({"config": name, "device": dev, "update": update, "ideal_s": t_i, "hardware_s": t_h,
+                         "ideal_median_s": mi, "hardware_median_s": mh, "ratio": mh / mi, "worst_epoch_ratio": worst})
+            print(f"{config.stem} {dev:>10} {update}: ideal {mi:.2f} s/epoch  hardware {mh:.2f} s/epoch  "
+                  f"ratio {mh / mi:.2f}x"
                   f" (worst epoch {worst:.2f}x; runs {[round(t, 2) for t in t_i]} / {[round(t, 2) for t in t_h]})",
                   flush=True)
     out = args.out

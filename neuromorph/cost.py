@@ -35,7 +35,8 @@ digital            per training sample and weight, the EP request's multiply-add
 =================  ============================================================================================
 
 Latency per sample: the arrays of one step are read in parallel, the reads of one array one after the other, a
-read taking ``t_r + m·t_ADC`` (``m`` columns share an ADC); the settling latency is the largest array's read time
+read taking ``t_r + m·t_ADC(b)`` (``m`` columns share an ADC; a SAR conversion takes one cycle per bit, the input
+DACs settle within the read pulse); the settling latency is the largest array's read time
 (a lower bound of the sum over steps of the largest per-step time, equal when every array is read every step).
 Programming: rows one after the other, a row's devices in parallel, one pulse slot per pulse (``pulses · t_w /
 in``, a lower bound). Digital work is assumed pipelined behind the reads (no latency).
@@ -91,7 +92,8 @@ _PARAMS: dict[str, tuple[str, str]] = {
     "adc_bits": ("count", "ADC resolution costed when the simulated periphery has an ideal ADC"),
     "dac_bits": ("count", "DAC resolution costed when the simulated periphery has an ideal DAC"),
     "adc_fom": ("energy", "Walden figure of merit FOM_W = P/(2^ENOB f_s): energy per conversion step"),
-    "adc_conversion_time": ("time", "time of one ADC conversion (1/f_s)"),
+    "adc_conversion_time": ("time", "time of one ADC conversion at adc_area_bits bits (1/f_s); a SAR ADC resolves "
+                            "one bit per cycle: b bits take b/adc_area_bits of it"),
     "adc_area": ("area", "area of one ADC of adc_area_bits bits (scaled 2^(b - adc_area_bits))"),
     "adc_area_bits": ("count", "resolution of the ADC whose area is adc_area"),
     "dac_energy_per_bit": ("energy", "DAC energy per conversion and bit: E_DAC(b) = b · dac_energy_per_bit (a "
@@ -151,6 +153,10 @@ class Technology:
     def adc_energy(self, bits: int) -> float:
         """Energy of one conversion [J]: ``FOM_W · 2^bits``."""
         return self.adc_fom * 2.0 ** bits
+
+    def adc_time(self, bits: int) -> float:
+        """Time of one conversion [s]: ``adc_conversion_time · bits / adc_area_bits`` (a bit per SAR cycle)."""
+        return self.adc_conversion_time * bits / self.adc_area_bits
 
     def dac_energy(self, bits: int) -> float:
         """Energy of one line drive at ``bits`` [J]: ``bits · dac_energy_per_bit``."""
@@ -455,7 +461,7 @@ def estimate(hw, before: dict, after: dict, work: Workload, tech: Technology,
     act_bits, _ = _bits(hw.activity_bits, adc_bits)
     e_adc, e_dac = tech.adc_energy(adc_bits), tech.dac_energy(dac_bits)
     m = tech.columns_per_adc
-    t_cycle = t_r + m * tech.adc_conversion_time
+    t_cycle = t_r + m * tech.adc_time(adc_bits)
     n_layers = len(net.state_sizes)
     acts = activity if activity is not None else [1.0] * (n_layers + 1)
     sq = [min(a / x_max2, 1.0) for a in acts]  # E[(u/x_max)²] of the input (0) and of each state layer

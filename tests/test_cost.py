@@ -110,7 +110,7 @@ def test_every_term_equals_its_closed_form():
     # the digital request: 2 multiply-adds per weight and sample
     assert e["w1"]["digital"] == pytest.approx(5 * 2 * 8 * 65 * TECH.mac_energy, rel=1e-12)
     # latency: the busiest array's reads, one read = t_read + 8 conversions; writes row by row
-    cyc = t + TECH.columns_per_adc * TECH.adc_conversion_time
+    cyc = t + TECH.columns_per_adc * TECH.adc_conversion_time * 5 / 8  # a 5-bit SAR: 5 of the 8-bit ADC's cycles
     assert rep.latency["settle"] == pytest.approx(190 / 5 * cyc, rel=1e-12)
     assert rep.latency["write"] == pytest.approx(max(30 / 65, 7 / 9) * TECH.write_pulse_width / 5, rel=1e-12)
     # area: cells, ADCs (ceil(cols/8) per sensing side used), DACs per driven line, neurons, no digital state
