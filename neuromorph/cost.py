@@ -28,10 +28,11 @@ write              ``pulses · E_pulse``: the card's measured pulse energy, else
                    ``V_w² · G · t_w`` (``AnalogNVM::Write``, with ``G`` the array's mean device conductance),
                    else the technology card's default write pulse (marked as an assumption); plus the reads of
                    refresh at the read energy of one device
-digital            per training sample and weight, the EP request's multiply-adds (one per outer-product term)
-                   unless the update is programmed as pulse trains in the array; per update and weight, the
-                   accumulator of mixed precision / TTv2 (two word accesses and an add) and the periphery
-                   optimizer's state words (two accesses each) and its arithmetic
+digital            the update requests ``postᵀ pre`` the periphery computes, their multiply-adds as counted
+                   (:attr:`HardwareNetwork.request_macs`: rows × outputs × input columns not all zero; none for
+                   pulse trains, fired in the array); an accumulator word read, added to and written back per
+                   accumulated request (mixed precision, TTv2); the periphery optimizer's state words (two
+                   accesses each) and its arithmetic per weight and update
 =================  ============================================================================================
 
 Latency per sample: the arrays of one step are read in parallel, the reads of one array one after the other, a
@@ -257,7 +258,8 @@ def technology_from_dict(data: dict, where: str = "<technology>") -> Technology:
 
 
 # ---------------------------------------------------------------------------------------------------- counting
-_ARRAY_COUNTERS = ("forward_samples", "transpose_samples", "pulses", "reads_refresh", "updates")
+_ARRAY_COUNTERS = ("forward_samples", "transpose_samples", "pulses", "reads_refresh", "updates", "accumulated",
+                   "request_macs")
 
 
 def snapshot(hw) -> dict[str, dict[str, int]]:
@@ -265,7 +267,7 @@ def snapshot(hw) -> dict[str, dict[str, int]]:
     :class:`~neuromorph.hardware.HardwareNetwork`, for a difference between two moments."""
     out = {}
     for name, arr in _all_arrays(hw).items():
-        s = arr.stats()
+        s = {**arr.stats(), "accumulated": hw.accumulated.get(name, 0), "request_macs": hw.request_macs.get(name, 0)}
         out[name] = {k: int(s[k]) for k in _ARRAY_COUNTERS}
     return out
 
@@ -282,7 +284,8 @@ class Workload:
     ``node_steps`` (Σ over phases of rows × settling steps: neuron updates per node), ``phase_rows`` (Σ over phases
     of rows: steady states converted for the update), ``updates`` (programming calls), ``training`` (the update's
     digital work is counted), ``optimizer`` (the periphery optimizer's kind, or None) and ``optimizer_updates``
-    (its per-weight updates), ``accumulator_updates`` (mixed precision / TTv2: accumulator updates per weight)."""
+    (its per-weight updates). The accumulators of mixed precision and TTv2 are counted per array
+    (:attr:`~neuromorph.hardware.HardwareNetwork.accumulated`)."""
 
     samples: int = 0
     node_steps: int = 0
@@ -291,12 +294,8 @@ class Workload:
     training: bool = True
     optimizer: str | None = None
     optimizer_updates: int = 0
-    accumulator_updates: int = 0
     request_terms: int = 2
-    """Outer-product terms of the EP request per sample (free/nudged or +β/−β: 2)."""
-    pulse_trains: bool = False
-    """``hardware.update = "pulse_train"``: the request is programmed by coincident pulse trains in the array, with
-    no per-weight digital work."""
+    """Outer-product terms of the EP request per sample (free/nudged or +β/−β: 2), for the GPU's FLOPs."""
 
 
 class ActivityMeter:
@@ -488,7 +487,9 @@ def estimate(hw, before: dict, after: dict, work: Workload, tech: Technology,
         base = name[:-5] if fast else name
         k_in = _layer_of(base.removesuffix("_back"))
         # activity of the forward reads: the array's pre layer (the input for w1; the bias line at 1)
-        if base == "w_out":
+        if fast:  # Tiki-Taka's fast array is read one column at a time (one-hot inputs)
+            a_f, a_t = 1.0 / inn, 1.0
+        elif base == "w_out":  # its transposed read carries the nudge (y − ŷ): full scale, an upper bound
             a_f, a_t = sq[-1], 1.0
         else:
             pre = sq[k_in] if k_in is not None else 1.0
@@ -511,10 +512,11 @@ def estimate(hw, before: dict, after: dict, work: Workload, tech: Technology,
         weights = out * inn
         words = 0
         if work.training and not fast:
-            if not work.pulse_trains:
-                e["digital"] += work.samples * work.request_terms * weights * tech.mac_energy
-            if work.accumulator_updates and base in hw.accumulators:
-                e["digital"] += work.accumulator_updates * weights * (2 * tech.sram_word_energy + tech.add_energy)
+            # the update requests postᵀ pre computed in the periphery, as counted (zero input columns skipped)
+            e["digital"] += d["request_macs"] * tech.mac_energy
+            # an accumulator word read, added to and written back per accumulated request
+            e["digital"] += d["accumulated"] * (2 * tech.sram_word_energy + tech.add_energy)
+            if base in hw.accumulators:
                 words += weights
             if work.optimizer:
                 from .policies import OPTIMIZER_STATE_WORDS
@@ -524,8 +526,6 @@ def estimate(hw, before: dict, after: dict, work: Workload, tech: Technology,
                 e["digital"] += work.optimizer_updates * weights * (2 * n_words * tech.sram_word_energy
                                                                     + flops * tech.add_energy)
                 words += n_words * weights
-        if fast and base in hw.accumulators:
-            words += weights
         # ADCs: ceil(columns / m) per tile on the sensing side of each read direction the array uses
         n_adc = t_in * math.ceil(out / m) + (t_out * math.ceil(inn / m) if tr else 0)
         n_dac = t_out * inn + (t_in * out if tr else 0)
@@ -539,7 +539,8 @@ def estimate(hw, before: dict, after: dict, work: Workload, tech: Technology,
         write_times.append(d["pulses"] * t_w / inn / n)
         rows.append({"name": name, "shape": [out, inn], "devices": 2 * weights, "reads": fwd + tr,
                      "forward_reads": fwd, "transpose_reads": tr, "pulses": d["pulses"],
-                     "adc_conversions": fwd * t_in * out + tr * t_out * inn, "energy": e, "area": area,
+                     "adc_conversions": fwd * t_in * out + tr * t_out * inn, "request_macs": d["request_macs"],
+                     "energy": e, "area": area,
                      "settle_time_s": settle_times[-1], "write_time_s": write_times[-1],
                      "activity": [a_f, a_t], "energy_per_pulse_J": e_pulse, "pulse_source": src})
     if "technology default pulse" in pulse_note:
@@ -548,6 +549,8 @@ def estimate(hw, before: dict, after: dict, work: Workload, tech: Technology,
     latency = {"settle": max(settle_times, default=0.0), "write": max(write_times, default=0.0) if work.training
                else 0.0}
     latency["total"] = latency["settle"] + latency["write"]
+    # a GPU does every product densely: each read's 2·out·in FLOPs and the request's 2·rows·out·in (one row per
+    # sample and term)
     flops = sum(2.0 * r["shape"][0] * r["shape"][1] * r["reads"] for r in rows if not r["name"].endswith("_fast"))
     if work.training:
         flops += sum(2.0 * work.request_terms * r["shape"][0] * r["shape"][1] * work.samples for r in rows

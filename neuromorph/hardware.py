@@ -301,6 +301,12 @@ class HardwareNetwork:
                              mapping=mapping, policy=policy)
         self.accumulators: dict[str, torch.Tensor] = {}
         """Mixed precision's digital accumulators per array (nominal steps), made at the first update."""
+        self.request_macs: dict[str, int] = {}
+        """Multiply-adds of the digital update requests ``postᵀ pre`` per array (rows × outputs × the input columns
+        not all zero): the cost model's count of the periphery's update arithmetic (none for pulse trains)."""
+        self.accumulated: dict[str, int] = {}
+        """Accumulator words updated so far per array (mixed precision, TTv2's transfer buffer): the cost model's
+        count of their digital work."""
         self.g0 = self.forward_arrays[0].g0
         """The first array's weight scale [S] (every array's unless ``g0`` was given per array: :attr:`g0s`)."""
         self.g0s = {name: a.g0 for name, a in self.arrays().items()}
@@ -676,6 +682,7 @@ class HardwareNetwork:
             return None
         changes = None
         if optimizer is not None:  # the optimizer's changes, its weight decay included: no separate leakage
+            self._count_requests(rows)
             changes = optimizer.step({name: post.t() @ pre / batch for name, (pre, post) in rows.items()},
                                      {name: arr.weights() for name, arr in arrays.items()})
             leakage = 0.0
@@ -699,6 +706,7 @@ class HardwareNetwork:
                 dw = da.fire_coincidences(*c)
             else:  # the request in nominal steps, scaled once, of the columns whose pre-activities are not all 0
                 cols = _live_columns(pre)
+                self._count_requests({name: (pre, post)}, None if cols is None else len(cols))
                 req = (post.t() @ (pre if cols is None else pre.index_select(1, cols))).mul_(lr / (batch * da.dw))
                 if mode == "mixed_precision":
                     c, dw = self._accumulate(name, da, req, cols, realised)
@@ -716,6 +724,12 @@ class HardwareNetwork:
         self.sync_shadow()
         return out if realised else None
 
+    def _count_requests(self, rows: dict, n_cols: int | None = None) -> None:
+        """Count the multiply-adds of the digital requests ``postᵀ pre`` (``n_cols``: input columns computed)."""
+        for name, (pre, post) in rows.items():
+            macs = pre.shape[0] * post.shape[1] * (pre.shape[1] if n_cols is None else n_cols)
+            self.request_macs[name] = self.request_macs.get(name, 0) + macs
+
     def _accumulate(self, name: str, da, req: torch.Tensor, cols: torch.Tensor | None, realised: bool):
         """Mixed precision (Nandakumar et al. 2020): the request (nominal steps; of the columns ``cols`` only, when
         given) is added to the array's digital accumulator ``χ``; every device pair whose ``|χ|`` reached one
@@ -725,6 +739,7 @@ class HardwareNetwork:
         acc = self.accumulators.get(name)
         if acc is None:
             acc = self.accumulators[name] = torch.zeros(da.shape, dtype=req.dtype, device=req.device)
+        self.accumulated[name] = self.accumulated.get(name, 0) + req.numel()
         if cols is None:
             acc.add_(req)
         else:
@@ -757,6 +772,7 @@ class HardwareNetwork:
         ``transfer["reset"]`` the transferred column of ``A`` is programmed back to 0 (deterministic rounding)."""
         arrays = self.arrays()
         changes = None
+        self._count_requests(rows)
         if optimizer is not None:
             changes = optimizer.step({name: post.t() @ pre / batch for name, (pre, post) in rows.items()},
                                      {name: arr.weights() + self._fast(name).weights()
@@ -784,6 +800,7 @@ class HardwareNetwork:
                     buf = self.accumulators.get(name)
                     if buf is None:
                         buf = self.accumulators[name] = torch.zeros(ca.shape, dtype=req.dtype, device=req.device)
+                    self.accumulated[name] = self.accumulated.get(name, 0) + req.numel()
                     part = buf[:, cols] + req
                     n = torch.trunc(part)
                     buf[:, cols] = part - n
@@ -808,6 +825,7 @@ class HardwareNetwork:
         return {"arrays": {name: arr.state_dict() for name, arr in self.arrays().items()},
                 "generator": self.generator.get_state(), "card": self.card.name,
                 "accumulators": {k: v.clone() for k, v in self.accumulators.items()},
+                "accumulated": dict(self.accumulated), "request_macs": dict(self.request_macs),
                 "fast_arrays": {name: arr.state_dict() for name, arr in self.fast_arrays.items()},
                 "transfers": self.transfers}
 
@@ -825,6 +843,8 @@ class HardwareNetwork:
             self._fast(name).load_state_dict(fast, f"{where}: fast array of {name}")
         self.generator.set_state(state["generator"])
         self.accumulators = {k: v.clone() for k, v in state.get("accumulators", {}).items()}
+        self.accumulated = {k: int(v) for k, v in state.get("accumulated", {}).items()}
+        self.request_macs = {k: int(v) for k, v in state.get("request_macs", {}).items()}
         self.transfers = int(state.get("transfers", 0))
         self.sync_shadow()
 

@@ -195,8 +195,7 @@ class HardwareSubstrate:
         self.settle_t, self.steps, self.phases = 0.0, 0, 0
         self.cost_before = snapshot(self.hw)
         self.optimizer_updates0 = self.optimizer.n_updates if self.optimizer is not None else 0
-        self.work = Workload(optimizer=self.optimizer.kind if self.optimizer is not None else None,
-                             pulse_trains=self.cfg.hardware.update == "pulse_train")
+        self.work = Workload(optimizer=self.optimizer.kind if self.optimizer is not None else None)
         self.activity = ActivityMeter()
 
     @torch.no_grad()
@@ -249,7 +248,6 @@ class HardwareSubstrate:
         w = self.work
         if self.optimizer is not None:
             w.optimizer_updates = self.optimizer.n_updates - self.optimizer_updates0
-        w.accumulator_updates = w.updates if self.hw.accumulators else 0
         cost = estimate(self.hw, self.cost_before, snapshot(self.hw), w, self.technology, self.activity.means())
         c = cost.to_dict()
         digital.update({"cost_energy_J": cost.total_energy, "cost_energy_per_sample_J": c["energy_per_sample_J"],

@@ -79,10 +79,12 @@ def test_every_term_equals_its_closed_form():
     card = hw.card
     g = 0.5 * (card.g_min + card.g_max)
     _uniform(hw, g)
-    before = {n: dict.fromkeys(("forward_samples", "transpose_samples", "pulses", "reads_refresh", "updates"), 0)
-              for n in hw.arrays()}
-    after = {"w1": {"forward_samples": 10, "transpose_samples": 0, "pulses": 30, "reads_refresh": 4, "updates": 2},
-             "w2": {"forward_samples": 100, "transpose_samples": 90, "pulses": 7, "reads_refresh": 0, "updates": 2}}
+    before = {n: dict.fromkeys(("forward_samples", "transpose_samples", "pulses", "reads_refresh", "updates",
+                                "accumulated", "request_macs"), 0) for n in hw.arrays()}
+    after = {"w1": {"forward_samples": 10, "transpose_samples": 0, "pulses": 30, "reads_refresh": 4, "updates": 2,
+                    "accumulated": 0, "request_macs": 1234},
+             "w2": {"forward_samples": 100, "transpose_samples": 90, "pulses": 7, "reads_refresh": 0, "updates": 2,
+                    "accumulated": 11, "request_macs": 0}}
     work = Workload(samples=5, node_steps=40, phase_rows=15, updates=2, optimizer=None)
     act = [0.25, 0.16, 0.36]  # E[x²], E[s1²], E[s2²]
     rep = estimate(hw, before, after, work, TECH, act)
@@ -107,8 +109,9 @@ def test_every_term_equals_its_closed_form():
     # the ideal card gives no write pulse: the technology's default V² G t, refresh reads at one device's read
     ep = TECH.write_voltage ** 2 * g * TECH.write_pulse_width
     assert e["w1"]["write"] == pytest.approx(30 * ep + 4 * V * V * t * g, rel=1e-12)
-    # the digital request: 2 multiply-adds per weight and sample
-    assert e["w1"]["digital"] == pytest.approx(5 * 2 * 8 * 65 * TECH.mac_energy, rel=1e-12)
+    # the digital request's multiply-adds as counted; an accumulator word read, added to and written back
+    assert e["w1"]["digital"] == pytest.approx(1234 * TECH.mac_energy, rel=1e-12)
+    assert e["w2"]["digital"] == pytest.approx(11 * (2 * TECH.sram_word_energy + TECH.add_energy), rel=1e-12)
     # latency: the busiest array's reads, one read = t_read + 8 conversions; writes row by row
     cyc = t + TECH.columns_per_adc * TECH.adc_conversion_time * 5 / 8  # a 5-bit SAR: 5 of the 8-bit ADC's cycles
     assert rep.latency["settle"] == pytest.approx(190 / 5 * cyc, rel=1e-12)
@@ -130,6 +133,30 @@ def test_every_term_equals_its_closed_form():
     assert d["area_m2"] == pytest.approx(sum(sum(a.values()) for a in area.values()), rel=1e-12)
     assert d["gpu_flops_per_sample"] == pytest.approx((2 * 8 * 65 * 10 + 2 * 10 * 9 * 190
                                                        + 5 * 2 * 2 * (8 * 65 + 10 * 9)) / 5, rel=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["stochastic_rounding", "mixed_precision", "pulse_train", "optimizer"])
+def test_request_multiply_adds_are_counted_as_computed(mode):
+    """``postᵀ pre`` in the periphery: rows × outputs × the input columns not all zero (a column of zeros is
+    skipped, its products are zero); the optimizer's dense estimate: every column; pulse trains: none (the
+    coincidences happen in the array)."""
+    c = cfg(momentum=0.9 if mode == "optimizer" else 0.0)
+    tr = HardwareTrainer(c)
+    hw = tr.hw
+    g = torch.Generator().manual_seed(3)
+    pre1 = torch.rand(3, 65, generator=g, dtype=tr.net.dtype)
+    pre1[:, 5:15] = 0.0  # ten input columns with no activity in any row
+    rows = {"w1": (pre1, torch.rand(3, 8, generator=g, dtype=tr.net.dtype)),
+            "w2": (torch.rand(5, 9, generator=g, dtype=tr.net.dtype), torch.rand(5, 10, generator=g,
+                                                                               dtype=tr.net.dtype))}
+    opt = tr.sub.optimizer if mode == "optimizer" else None
+    hw.apply_update(rows, 3, [0.05, 0.05], mode="stochastic_rounding" if mode == "optimizer" else mode,
+                    optimizer=opt)
+    expect = {"stochastic_rounding": {"w1": 3 * 8 * 55, "w2": 5 * 10 * 9},
+              "mixed_precision": {"w1": 3 * 8 * 55, "w2": 5 * 10 * 9},
+              "optimizer": {"w1": 3 * 8 * 65, "w2": 5 * 10 * 9},
+              "pulse_train": {}}[mode]
+    assert hw.request_macs == expect
 
 
 def test_read_energy_equals_the_sum_over_devices_of_one_read():
@@ -177,8 +204,21 @@ def test_what_does_not_work_costs_nothing():
     rep = measure(cfg(momentum=0.9), batches=2)["training"]
     sgd = measure(cfg(), batches=2)["training"]
     extra = sum(2 * 1 * TECH.sram_word_energy + 2 * TECH.add_energy for _ in range(2)) * (8 * 65 + 10 * 9)
-    assert rep.energy["digital"] - sgd.energy["digital"] == pytest.approx(extra, rel=1e-9)
+    def state(r):  # the digital energy beside the requests' multiply-adds
+        return r.energy["digital"] - sum(a["request_macs"] for a in r.arrays) * TECH.mac_energy
+
+    assert state(rep) == pytest.approx(extra, rel=1e-9) and state(sgd) == pytest.approx(0.0, abs=1e-20)
     assert rep.area["digital"] == pytest.approx((8 * 65 + 10 * 9) * 32 * 160 * TECH.feature_size ** 2)
+    # mixed precision: each accumulated request reads, adds to and writes back one accumulator word (only the
+    # columns of inputs that are not all zero are accumulated: at most one word per weight and update)
+    tr = HardwareTrainer(cfg(update="mixed_precision"))
+    tr.train_epoch(0, max_batches=2, evaluate=False)
+    mp, words = tr.sub.last_cost, sum(tr.hw.accumulated.values())
+    weights = 8 * 65 + 10 * 9
+    assert 0 < words <= 2 * weights
+    acc = words * (2 * TECH.sram_word_energy + TECH.add_energy)
+    assert state(mp) == pytest.approx(acc, rel=1e-9)
+    assert mp.area["digital"] == pytest.approx(weights * 32 * 160 * TECH.feature_size ** 2)
 
 
 @pytest.mark.parametrize("card", ["pcmo", "ag_a_si", "epiram", "taox_hfox"])
