@@ -116,6 +116,21 @@ class _ConvReads:
             self.fb_rows = hw.reader(b_arr, False, scale=scale, per_row=True)
             self.switch_rows = hw.reader(b_arr, True, per_row=True)
         self.idx = None
+        self.exact = None
+        readers = [r for r in (self.fwd_rows, self.fb_rows, self.switch_rows) if r is not None]
+        if all(hasattr(r, "count") for r in readers):
+            # exact reads (ideal periphery, no noise, no drift): every position's read of the programmed weights is
+            # the convolution with them, so the phase runs the ideal store's convolution kernels on the shadow
+            # weights (= (G+ − G−)/g0 of the arrays, the exact readers' operands) and counts the same reads
+            per, _, back = hw.net._split(None)
+            w = per[k]
+            bias = w[1] * scale + shift if syn.bias else None
+            if bias is None and shift != 0.0:
+                bias = torch.full((syn.c_out,), float(shift), dtype=w[0].dtype, device=w[0].device)
+            fb_w = w[0] if b_arr is None else back[k]
+            self.exact = {"f": [w[0] * scale] + ([bias] if bias is not None else []), "fb": [fb_w * scale],
+                          "sw": None if b_arr is None else [back[k]],
+                          "positions": self.conv_shape[1] * self.conv_shape[2]}
 
     def patches(self, pre: torch.Tensor) -> torch.Tensor:
         """``(batch·positions, c_in·k·k)`` rows: the input patch of every output position (im2col)."""
@@ -130,6 +145,17 @@ class _ConvReads:
 
     def forward(self, pre: torch.Tensor) -> torch.Tensor:
         batch = pre.shape[0]
+        if self.exact is not None:
+            e, img = self.exact, pre.view(batch, *self.in_shape)
+            n = batch * e["positions"]
+            self.fwd_rows.count(n)
+            z, self.idx = self.syn._pool(img, e["f"][0])
+            if len(e["f"]) > 1:
+                z = z.add_(e["f"][1].view(-1, 1, 1))
+            if e["sw"] is not None:
+                self.switch_rows.count(n)
+                self.idx = self.syn.indices(e["sw"], img)
+            return z.reshape(batch, -1)
         rows = self.patches(pre)
         z, self.idx = self._pool(self.fwd_rows(rows), batch)
         if self.switch_rows is not None:
@@ -139,6 +165,13 @@ class _ConvReads:
     def feedback(self, post: torch.Tensor, plus: torch.Tensor | None = None) -> torch.Tensor:
         batch, syn = post.shape[0], self.syn
         c_out, ho, wo = self.conv_shape
+        if self.exact is not None:
+            self.fb_rows.count(batch * ho * wo)
+            acc = plus.view(batch, *self.in_shape) if plus is not None else \
+                torch.zeros((batch, *self.in_shape), dtype=post.dtype, device=post.device)
+            out = syn.add_transposed(self.exact["fb"], self.idx, acc, post.view(batch, c_out, ho // syn.pool,
+                                                                                 wo // syn.pool), 1.0, False)
+            return out.reshape(batch, -1)
         u = torch.nn.functional.max_unpool2d(post.view(batch, c_out, ho // syn.pool, wo // syn.pool), self.idx,
                                              syn.pool, syn.pool, output_size=(ho, wo))
         back = self.fb_rows(u.flatten(2).transpose(1, 2).reshape(batch * ho * wo, c_out))

@@ -231,3 +231,30 @@ def test_per_row_read_noise_matches_a_conductance_draw_per_row(forward, case):
     if case != "plain":  # the effect is there: the mean read moved away from the programmed weights' product
         exact = u @ (arr.weights().T if forward else arr.weights())
         assert float((calls.mean(0) - exact).abs().max()) > 6 * float(se.max())
+
+
+@pytest.mark.parametrize("uni", [False, True], ids=["bidirectional", "unidirectional"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_exact_conv_reads_equal_the_per_position_reads(monkeypatch, uni, dtype):
+    """Exact conv arrays (ideal periphery, no noise) are read with the ideal store's convolution kernels on the
+    programmed weights instead of one product per position (im2col/col2im): the same phases (1e-12 in float64,
+    float32 rounding otherwise) and the same read counters as the per-position reads."""
+    def run(fast):
+        hw, _, x, y = make(uni=uni)
+        hw.net.to(dtype)
+        hw = HardwareNetwork(hw.net, "ideal", Periphery.ideal(), generator=torch.Generator().manual_seed(5))
+        x = x.to(dtype)
+        with monkeypatch.context() as m:
+            if not fast:
+                m.setattr(CrossbarLayer, "exact_reader", lambda *a, **k: None)
+            free = hw.settle_phase(x, None, 12)
+            beta = _rows((0.5, -0.5), x.shape[0], x)
+            nud = hw.settle_phase(rep(x, 2), [rep(u, 2) for u in free.u], 7, y=y.repeat(2), beta=beta)
+        counters = {n: {k: v for k, v in a.stats().items() if k.endswith(("_calls", "_samples")) or k == "reads"}
+                    for n, a in hw.arrays().items()}
+        return free.state + nud.state, counters
+
+    (fast, c_fast), (slow, c_slow) = run(True), run(False)
+    assert max_diff(fast, slow) < (1e-12 if dtype == torch.float64 else 1e-5)
+    assert c_fast == c_slow
+    assert c_fast["w1"]["forward_samples"] == 4 * 64 + 8 * 64 and c_fast["w1"]["reads"] > 0
