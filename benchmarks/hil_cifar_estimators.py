@@ -1,6 +1,7 @@
 """Reduced CIFAR-10 on simulated crossbars: does the paper's ordering of the estimators survive the device?
 
     python benchmarks/hil_cifar_estimators.py --device reram_es --n-train 2000 --epochs 4
+    python benchmarks/hil_cifar_estimators.py --w-max auto --n-train 4000 --epochs 5 --tag _auto
 
 For each estimator (one-sided, random-sign, symmetric) the ideal reference and the hardware of
 ``configs/hil/cifar10_small_mse.toml`` (a 16-32 channel ConvNet, squared error, normalised and augmented
@@ -28,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs/hil/cifar10_small_mse.toml"))
     ap.add_argument("--device", default="reram_es")
-    ap.add_argument("--w-max", type=float, default=1.0)
+    ap.add_argument("--w-max", default="1", help='hardware.w_max: "auto" (the calibrated mapping) or a number')
     ap.add_argument("--n-train", type=int, default=2000)
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=4)
@@ -38,7 +39,8 @@ def main() -> None:
     torch.set_num_threads(2)
     base = [f"train.epochs={args.epochs}", f"train.decay_epochs={args.epochs}", f"data.n_train={args.n_train}",
             f"data.n_test={args.n_test}", "train.progress=false", "output.checkpoint=false", f"train.seed={args.seed}",
-            f'hardware.device="{args.device}"', f"hardware.w_max={args.w_max}",
+            f'hardware.device="{args.device}"',
+            'hardware.w_max="auto"' if args.w_max == "auto" else f"hardware.w_max={float(args.w_max)}",
             f'output.dir="{ROOT / "runs/bench/hil_cifar"}"']
     cfg0 = load_config(args.config, base)
     ds = load_dataset(cfg0.data.name, cfg0.data.dir or None, n_train=args.n_train, n_test=args.n_test)
