@@ -63,9 +63,15 @@ from typing import Any
 
 import torch
 
+from .policies import OPTIMIZER_STATE_WORDS
+
 __all__ = ["Technology", "TechnologyError", "load_technology", "list_technologies", "technology_dir",
            "snapshot", "Workload", "ActivityMeter", "CostReport", "estimate", "measure", "measure_cost",
            "measure_inference", "plot_breakdown", "run_cost", "CATEGORIES", "AREA_CATEGORIES"]
+
+OPTIMIZER_FLOPS = {"momentum": 2, "adam": 10}
+"""Arithmetic per weight and step of the periphery optimizers: momentum ``v ← μv + g``, ``w ← w − ηv``; Adam its two
+moment updates, the bias corrections, the square root, the division and the step."""
 
 CATEGORIES = ("read", "neurons", "adc", "dac", "write", "digital")
 """Energy terms, in the order of the breakdown."""
@@ -258,8 +264,7 @@ def technology_from_dict(data: dict, where: str = "<technology>") -> Technology:
 
 
 # ---------------------------------------------------------------------------------------------------- counting
-_ARRAY_COUNTERS = ("forward_samples", "transpose_samples", "pulses", "reads_refresh", "updates", "accumulated",
-                   "request_macs")
+_ARRAY_COUNTERS = ("forward_samples", "transpose_samples", "pulses", "reads_refresh", "accumulated", "request_macs")
 
 
 def snapshot(hw) -> dict[str, dict[str, int]]:
@@ -282,7 +287,7 @@ def _all_arrays(hw) -> dict:
 class Workload:
     """What the chip did besides the arrays' own counters: ``samples`` (training or inference samples),
     ``node_steps`` (Σ over phases of rows × settling steps: neuron updates per node), ``phase_rows`` (Σ over phases
-    of rows: steady states converted for the update), ``updates`` (programming calls), ``training`` (the update's
+    of rows: steady states converted for the update), ``training`` (the update's
     digital work is counted), ``optimizer`` (the periphery optimizer's kind, or None) and ``optimizer_updates``
     (its per-weight updates). The accumulators of mixed precision and TTv2 are counted per array
     (:attr:`~neuromorph.hardware.HardwareNetwork.accumulated`)."""
@@ -290,7 +295,6 @@ class Workload:
     samples: int = 0
     node_steps: int = 0
     phase_rows: int = 0
-    updates: int = 0
     training: bool = True
     optimizer: str | None = None
     optimizer_updates: int = 0
@@ -519,10 +523,8 @@ def estimate(hw, before: dict, after: dict, work: Workload, tech: Technology,
             if base in hw.accumulators:
                 words += weights
             if work.optimizer:
-                from .policies import OPTIMIZER_STATE_WORDS
-
                 n_words = OPTIMIZER_STATE_WORDS[work.optimizer]
-                flops = {"momentum": 2, "adam": 10}[work.optimizer]
+                flops = OPTIMIZER_FLOPS[work.optimizer]
                 e["digital"] += work.optimizer_updates * weights * (2 * n_words * tech.sram_word_energy
                                                                     + flops * tech.add_energy)
                 words += n_words * weights

@@ -229,7 +229,6 @@ class HardwareSubstrate:
         w.samples += B
         w.node_steps += B * free.settle.n_steps + J * B * nudged.settle.n_steps
         w.phase_rows += B + J * B
-        w.updates += 1
         self.activity.add(xb, free.state)
         return logits, batch_loss, (~self._converged(free)).sum()
 

@@ -61,7 +61,7 @@ def test_reads_are_counted_as_the_phases_do_them():
     assert after["w2"]["forward_samples"] - before["w2"]["forward_samples"] == 4 * 5 + 2 * 4 * 3
     assert after["w2"]["transpose_samples"] - before["w2"]["transpose_samples"] == 4 * 5 + 2 * 4 * 3
     w = tr.sub.work
-    assert (w.samples, w.node_steps, w.phase_rows, w.updates) == (4, 4 * 5 + 2 * 4 * 3, 4 + 2 * 4, 1)
+    assert (w.samples, w.node_steps, w.phase_rows) == (4, 4 * 5 + 2 * 4 * 3, 4 + 2 * 4)
 
 
 def _uniform(hw, g: float) -> None:
@@ -79,13 +79,13 @@ def test_every_term_equals_its_closed_form():
     card = hw.card
     g = 0.5 * (card.g_min + card.g_max)
     _uniform(hw, g)
-    before = {n: dict.fromkeys(("forward_samples", "transpose_samples", "pulses", "reads_refresh", "updates",
+    before = {n: dict.fromkeys(("forward_samples", "transpose_samples", "pulses", "reads_refresh",
                                 "accumulated", "request_macs"), 0) for n in hw.arrays()}
-    after = {"w1": {"forward_samples": 10, "transpose_samples": 0, "pulses": 30, "reads_refresh": 4, "updates": 2,
+    after = {"w1": {"forward_samples": 10, "transpose_samples": 0, "pulses": 30, "reads_refresh": 4,
                     "accumulated": 0, "request_macs": 1234},
-             "w2": {"forward_samples": 100, "transpose_samples": 90, "pulses": 7, "reads_refresh": 0, "updates": 2,
+             "w2": {"forward_samples": 100, "transpose_samples": 90, "pulses": 7, "reads_refresh": 0,
                     "accumulated": 11, "request_macs": 0}}
-    work = Workload(samples=5, node_steps=40, phase_rows=15, updates=2, optimizer=None)
+    work = Workload(samples=5, node_steps=40, phase_rows=15, optimizer=None)
     act = [0.25, 0.16, 0.36]  # E[x²], E[s1²], E[s2²]
     rep = estimate(hw, before, after, work, TECH, act)
     e = {a["name"]: a["energy"] for a in rep.arrays}
