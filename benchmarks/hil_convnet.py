@@ -2,12 +2,17 @@
 
     python benchmarks/hil_convnet.py                       # configs/compare_digits_convnet.toml, 4 presets
     python benchmarks/hil_convnet.py --config configs/hil/mnist_convnet_xent.toml --n-train 2000 --epochs 1
+    python benchmarks/hil_convnet.py --config configs/hil/mnist_convnet_xent.toml --epochs 3 --w-max auto \
+        --reference-from benchmarks/results/hil_seeds.json --no-timing --out benchmarks/results/hil_convnet_mnist.json
 
 For every device: the hardware trained with ``hardware.w_max`` in ``--w-max`` (the mapping lever: the weight held
-by a pair with one device at g_max and the other at g_min), the best of them reported (best final test
-accuracy); the reference is trained once per seed. Then the epoch time of the hardware against the reference's on
-the same net, alternating (median of ``--repeats`` epochs each). Writes ``benchmarks/results/hil_convnet.json``
-and a Markdown table beside it.
+by a pair with one device at g_max and the other at g_min; ``auto``: calibrated from the initial weights), the best
+of them reported (best final test accuracy); the reference is trained once per seed, or its final accuracy taken
+from a ``benchmarks/hil_seeds.py`` result of the same config, seed, epochs and training set
+(``--reference-from``). Then, unless ``--no-timing``, the epoch time of the hardware against the reference's on the
+same net, alternating (median of ``--repeats`` epochs each). Writes ``--out`` (default
+``benchmarks/results/hil_convnet.json``) after every device, and a Markdown table beside it; a rerun with the same
+settings skips the devices already there.
 """
 
 from __future__ import annotations
@@ -32,36 +37,77 @@ def overrides(args, seed: int, extra=()) -> list[str]:
             "output.checkpoint=false", f'output.dir="{ROOT / "runs/bench/hil_convnet"}"', *extra]
 
 
+def w_max_arg(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"--w-max {text!r}: a number > 0 or 'auto' is allowed")
+    return value
+
+
+def reference_from(path: Path, config: str, seed: int, epochs: int) -> list[dict]:
+    """The reference's curve for ``config`` at ``seed`` in a ``hil_seeds.py`` result, as a history."""
+    entry = json.loads(path.read_text()).get(f"{config}/seed{seed}")
+    if entry is None:
+        raise SystemExit(f"--reference-from {path}: no entry {config}/seed{seed} (run benchmarks/hil_seeds.py)")
+    curve = entry["curves"]["reference"]
+    if len(curve) != epochs:
+        raise SystemExit(f"--reference-from {path}: {config}/seed{seed} ran {len(curve)} epochs, not {epochs}")
+    return [{"test_acc": a} for a in curve]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs/compare_digits_convnet.toml"))
     ap.add_argument("--devices", nargs="+", default=["reram_es", "taox_hfox", "pcmo", "epiram"])
-    ap.add_argument("--w-max", type=float, nargs="+", default=[1.0, 0.5, 0.25])
+    ap.add_argument("--w-max", type=w_max_arg, nargs="+", default=[1.0, 0.5, 0.25],
+                    help='weight ranges to try: numbers > 0 or "auto"')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--n-train", type=int, default=0, help="training images (0: all)")
     ap.add_argument("--repeats", type=int, default=3, help="epochs timed per side, alternating")
     ap.add_argument("--timing-only", action="store_true",
                     help="rerun only the epoch timing (alone on the machine), keep the accuracy results")
+    ap.add_argument("--no-timing", action="store_true", help="skip the epoch timing")
+    ap.add_argument("--reference-from", type=Path, default=None,
+                    help="a benchmarks/hil_seeds.py result holding this config's reference at this seed (trained "
+                         "with the same epochs and training set): its accuracy is used instead of training again")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/hil_convnet.json")
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
-    out = ROOT / "benchmarks/results/hil_convnet.json"
+    torch.set_num_threads(args.threads)
+    out = args.out
     cfg = load_config(args.config, overrides(args, args.seed))
     ref = Trainer(cfg, overwrite=True)
+    settings = {"config": str(args.config), "epochs": args.epochs, "seed": args.seed, "n_train": args.n_train}
+    old = json.loads(out.read_text()) if out.exists() else {}
     if args.timing_only:
-        res = json.loads(out.read_text())
+        res = old
         h_ref = [{"test_acc": res["reference"]["test_acc"]}]
+    elif all(old.get(k) == v for k, v in settings.items()) and "reference" in old:
+        res, h_ref = old, [{"test_acc": old["reference"]["test_acc"]}]
+        print(f"resuming {out}: reference {h_ref[-1]['test_acc']:.4f}, done: {', '.join(res['devices'])}", flush=True)
     else:
-        h_ref = ref.fit(log=None)
-        res = {"config": str(args.config), "epochs": args.epochs, "seed": args.seed,
-               "reference": {"test_acc": h_ref[-1]["test_acc"], "curve": [h["test_acc"] for h in h_ref]},
-               "devices": {}}
-        print(f"reference: test accuracy {h_ref[-1]['test_acc']:.4f}", flush=True)
+        if args.reference_from is not None:
+            h_ref = reference_from(args.reference_from, Path(args.config).stem, args.seed, args.epochs)
+            source = str(args.reference_from)
+        else:
+            h_ref, source = ref.fit(log=None), "trained here"
+        res = {**settings, "reference": {"test_acc": h_ref[-1]["test_acc"], "curve": [h["test_acc"] for h in h_ref],
+                                         "source": source}, "devices": {}}
+        print(f"reference: test accuracy {h_ref[-1]['test_acc']:.4f} ({source})", flush=True)
     for device in [] if args.timing_only else args.devices:
+        if device in res["devices"]:
+            continue
         runs = {}
         for w in args.w_max:
+            w_set = f'"{w}"' if isinstance(w, str) else w
             c = load_config(args.config, overrides(args, args.seed, [f'hardware.device="{device}"',
-                                                                      f"hardware.w_max={w}"]))
+                                                                      f"hardware.w_max={w_set}"]))
             hwt = HardwareTrainer(c, dataset=ref.dataset, out=ROOT / "runs/bench/hil_convnet/hw")
             hist = hwt.fit(log=None)
             runs[w] = {"test_acc": hist[-1]["test_acc"], "gap_points": 100 * (h_ref[-1]["test_acc"] -
@@ -69,11 +115,18 @@ def main() -> None:
                        "pulses_per_epoch": statistics.fmean(h["pulses"] for h in hist),
                        "energy_J_per_epoch": statistics.fmean(h["energy_J"] for h in hist),
                        "saturated_fraction": hist[-1]["saturated_fraction"],
-                       "representable": hwt.hw.representable, "curve": [h["test_acc"] for h in hist]}
+                       "representable": hwt.hw.representable, "curve": [h["test_acc"] for h in hist],
+                       "cost_energy_per_sample_J": hist[-1].get("cost_energy_per_sample_J"),
+                       "cost_energy_J_per_epoch": statistics.fmean(h.get("cost_energy_J", 0.0) for h in hist),
+                       "cost_energy_by_term_J": hist[-1].get("cost_energy_by_term_J"),
+                       "weight_range": {k: hwt.hw.card.g_range / g for k, g in hwt.hw.g0s.items()}}
             print(f"{device} w_max {w}: test accuracy {hist[-1]['test_acc']:.4f} (gap "
                   f"{runs[w]['gap_points']:+.2f} points), {runs[w]['pulses_per_epoch']:.3g} pulses/epoch", flush=True)
         best = max(runs, key=lambda w: runs[w]["test_acc"])
         res["devices"][device] = {"runs": {str(k): v for k, v in runs.items()}, "best_w_max": best}
+        write(out, res, args)
+    if args.no_timing:
+        return
     # epoch time, alternating, on the ideal card
     c = load_config(args.config, overrides(args, args.seed, ["train.epochs=1"]))
     t_ref, t_hw = [], []
@@ -84,17 +137,27 @@ def main() -> None:
         t_hw.append(h.fit(log=None)[0]["train_time_s"])
     res["epoch_time_s"] = {"reference": t_ref, "hardware_ideal_card": t_hw,
                            "ratio_median": statistics.median(t_hw) / statistics.median(t_ref)}
-    out.write_text(json.dumps(res, indent=1))
-    lines = ["| device | best w_max | test accuracy | gap (points) | pulses / epoch | energy / epoch |",
-             "|---|---|---|---|---|---|",
-             f"| ideal reference | | {100 * h_ref[-1]['test_acc']:.2f} % | | | |"]
+    write(out, res, args)
+
+
+def write(out: Path, res: dict, args) -> None:
+    """The JSON (atomically) and its Markdown table."""
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    tmp.replace(out)
+    lines = ["| device | best w_max | test accuracy | gap (points) | pulses / epoch | pulse energy / epoch | "
+             "chip energy / epoch (/ training sample) |", "|---|---|---|---|---|---|---|",
+             f"| ideal reference | | {100 * res['reference']['test_acc']:.2f} % | | | | |"]
     for device, d in res["devices"].items():
         r = d["runs"][str(d["best_w_max"])]
         e = f"{r['energy_J_per_epoch']:.3g} J" if r["energy_J_per_epoch"] else "n/a"
+        c = r.get("cost_energy_per_sample_J")
+        c = f"{r['cost_energy_J_per_epoch']:.3g} J ({c * 1e9:.3g} nJ)" if c else "n/a"
         lines.append(f"| {device} | {d['best_w_max']} | {100 * r['test_acc']:.2f} % | {r['gap_points']:+.2f} | "
-                     f"{r['pulses_per_epoch']:.3g} | {e} |")
-    lines.append(f"\nEpoch time, hardware (ideal card) / reference: {res['epoch_time_s']['ratio_median']:.2f}x "
-                 f"(median of {args.repeats} alternating epochs)")
+                     f"{r['pulses_per_epoch']:.3g} | {e} | {c} |")
+    if "epoch_time_s" in res:
+        lines.append(f"\nEpoch time, hardware (ideal card) / reference: {res['epoch_time_s']['ratio_median']:.2f}x "
+                     f"(median of {args.repeats} alternating epochs)")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

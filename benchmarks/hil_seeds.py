@@ -69,6 +69,7 @@ def main() -> None:
         ctl = Trainer(cfg, dataset=ref.dataset, overwrite=True)
         perturb_one_ulp(ctl.net)
         h_ctl = ctl.fit(log=None)
+        res = json.loads(out.read_text()) if out.exists() else {}  # another run may have written since
         res[f"{args.config}/seed{seed}"] = {
             "reference": h_ref[-1]["test_acc"], "ideal_device": h_hw[-1]["test_acc"],
             "reference_perturbed": h_ctl[-1]["test_acc"],

@@ -366,7 +366,7 @@ def test_train_interrupted_by_ctrl_c_says_how_to_continue(tmp_path, tiny_toml):
         time.sleep(0.05)
     p.send_signal(signal.SIGINT)
     err = p.stderr.read()
-    assert p.wait(timeout=60) == 130
+    assert p.wait(timeout=60) == 130, err  # stderr says where the interrupt landed when it is not the handler
     assert "--resume" in err and "Traceback" not in err
     r = subprocess.run(cli("train", "--config", str(tiny_toml), "--out", str(out), "--resume", "--set",
                            f"train.epochs={load_checkpoint(out / 'checkpoint.pt')['epoch'] + 2}"), env=ENV,
