@@ -26,6 +26,7 @@ import torch
 
 from neuromorph.config import load_config
 from neuromorph.hil import HardwareTrainer
+from neuromorph.runio import atomic_write
 from neuromorph.train import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -142,9 +143,7 @@ def main() -> None:
 
 def write(out: Path, res: dict, args) -> None:
     """The JSON (atomically) and its Markdown table."""
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    tmp.replace(out)
+    atomic_write(out, lambda f: f.write(json.dumps(res, indent=1).encode()))
     lines = ["| device | best w_max | test accuracy | gap (points) | pulses / epoch | pulse energy / epoch | "
              "chip energy / epoch (/ training sample) |", "|---|---|---|---|---|---|---|",
              f"| ideal reference | | {100 * res['reference']['test_acc']:.2f} % | | | | |"]
