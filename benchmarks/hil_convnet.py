@@ -6,13 +6,14 @@
         --reference-from benchmarks/results/hil_seeds.json --no-timing --out benchmarks/results/hil_convnet_mnist.json
 
 For every device: the hardware trained with ``hardware.w_max`` in ``--w-max`` (the mapping lever: the weight held
-by a pair with one device at g_max and the other at g_min; ``auto``: calibrated from the initial weights), the best
+by a pair with one device at g_max and the other at g_min; ``auto``: calibrated from the initial weights, 4x each
+layer's largest; ``autoK``: K times), the best
 of them reported (best final test accuracy); the reference is trained once per seed, or its final accuracy taken
 from a ``benchmarks/hil_seeds.py`` result of the same config, seed, epochs and training set
 (``--reference-from``). Then, unless ``--no-timing``, the epoch time of the hardware against the reference's on the
 same net, alternating (median of ``--repeats`` epochs each). Writes ``--out`` (default
 ``benchmarks/results/hil_convnet.json``) after every device, and a Markdown table beside it; a rerun with the same
-settings skips the devices already there.
+settings skips the (device, mapping) runs already there, so a later mapping search adds to the same file.
 """
 
 from __future__ import annotations
@@ -38,16 +39,25 @@ def overrides(args, seed: int, extra=()) -> list[str]:
             "output.checkpoint=false", f'output.dir="{ROOT / "runs/bench/hil_convnet"}"', *extra]
 
 
-def w_max_arg(text: str) -> float | str:
-    if text == "auto":
-        return text
+def w_max_arg(text: str) -> str:
+    """A mapping: ``auto`` (the calibrated default, 4x each layer's largest initial weight), ``autoK`` (K times,
+    ``hardware.w_max_auto_factor = K``) or a number > 0 (every array's ``w_max``)."""
+    factor = text[4:] if text.startswith("auto") else text
     try:
-        value = float(text)
+        value = float(factor) if factor else 1.0
     except ValueError:
         value = float("nan")
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"--w-max {text!r}: a number > 0 or 'auto' is allowed")
-    return value
+    if not (value > 0 and value < float("inf")):
+        raise argparse.ArgumentTypeError(f"--w-max {text!r}: a number > 0, 'auto' or 'autoK' (K > 0: K times the "
+                                         "largest initial weight per layer) is allowed")
+    return text if text.startswith("auto") else str(value)  # "1" and "1.0" are one mapping
+
+
+def mapping_overrides(w: str) -> list[str]:
+    """The config overrides of a ``--w-max`` mapping."""
+    if w.startswith("auto"):
+        return ['hardware.w_max="auto"', *([f"hardware.w_max_auto_factor={float(w[4:])}"] if w[4:] else [])]
+    return [f"hardware.w_max={float(w)}"]
 
 
 def reference_from(path: Path, config: str, seed: int, epochs: int) -> list[dict]:
@@ -65,8 +75,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs/compare_digits_convnet.toml"))
     ap.add_argument("--devices", nargs="+", default=["reram_es", "taox_hfox", "pcmo", "epiram"])
-    ap.add_argument("--w-max", type=w_max_arg, nargs="+", default=[1.0, 0.5, 0.25],
-                    help='weight ranges to try: numbers > 0 or "auto"')
+    ap.add_argument("--w-max", type=w_max_arg, nargs="+", default=["1", "0.5", "0.25"],
+                    help='mappings to try: numbers > 0 (w_max), "auto" (4x each layer\'s largest initial weight) or '
+                         '"autoK" (K times)')
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--n-train", type=int, default=0, help="training images (0: all)")
@@ -102,13 +113,12 @@ def main() -> None:
                                          "source": source}, "devices": {}}
         print(f"reference: test accuracy {h_ref[-1]['test_acc']:.4f} ({source})", flush=True)
     for device in [] if args.timing_only else args.devices:
-        if device in res["devices"]:
-            continue
-        runs = {}
+        runs = res["devices"].get(device, {}).get("runs", {})
         for w in args.w_max:
-            w_set = f'"{w}"' if isinstance(w, str) else w
+            if w in runs:
+                continue
             c = load_config(args.config, overrides(args, args.seed, [f'hardware.device="{device}"',
-                                                                      f"hardware.w_max={w_set}"]))
+                                                                      *mapping_overrides(w)]))
             hwt = HardwareTrainer(c, dataset=ref.dataset, out=ROOT / "runs/bench/hil_convnet/hw")
             hist = hwt.fit(log=None)
             runs[w] = {"test_acc": hist[-1]["test_acc"], "gap_points": 100 * (h_ref[-1]["test_acc"] -
@@ -123,9 +133,9 @@ def main() -> None:
                        "weight_range": {k: hwt.hw.card.g_range / g for k, g in hwt.hw.g0s.items()}}
             print(f"{device} w_max {w}: test accuracy {hist[-1]['test_acc']:.4f} (gap "
                   f"{runs[w]['gap_points']:+.2f} points), {runs[w]['pulses_per_epoch']:.3g} pulses/epoch", flush=True)
-        best = max(runs, key=lambda w: runs[w]["test_acc"])
-        res["devices"][device] = {"runs": {str(k): v for k, v in runs.items()}, "best_w_max": best}
-        write(out, res, args)
+            best = max(runs, key=lambda k: runs[k]["test_acc"])
+            res["devices"][device] = {"runs": runs, "best_w_max": best}
+            write(out, res, args)
     if args.no_timing:
         return
     # epoch time, alternating, on the ideal card

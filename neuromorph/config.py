@@ -248,8 +248,12 @@ class HardwareConfig:
     w_max: float | str = "auto"
     """Weight held by a pair with one device at g_max and the other at g_min: ``g0 = (g_max − g_min)/w_max``
     (used when ``g0_siemens`` is 0). Smaller ``w_max`` spends the device's states on a smaller weight range.
-    ``"auto"``: per array, ``W_MAX_AUTO`` (4) times the largest initial weight of its layer
+    ``"auto"``: per array, ``w_max_auto_factor`` (4) times the largest initial weight of its layer
     (:func:`neuromorph.hil.auto_weight_ranges`; docs/results.md has the measurement behind it)."""
+    w_max_auto_factor: float = 4.0
+    """With ``w_max = "auto"``: each array's weight range as a multiple of its layer's largest initial weight (the
+    mapping lever of a search: larger spends fewer states per weight but keeps weights nearer the middle of the
+    devices' range, where nonlinear cards step most evenly)."""
     mapping: str = "min"
     """Weights → conductance pairs: ``"min"`` (one device at g_min) or ``"symmetric"`` (around the midpoint)."""
     policy: str = "bidirectional"
@@ -330,6 +334,8 @@ class HardwareConfig:
         w = self.w_max
         _check("hardware.w_max", w == "auto" if isinstance(w, str) else math.isfinite(w) and w > 0, w,
                "\"auto\" or a finite number > 0")
+        _check("hardware.w_max_auto_factor", math.isfinite(self.w_max_auto_factor) and self.w_max_auto_factor > 0,
+               self.w_max_auto_factor, "a finite number > 0 (multiples of the largest initial weight)")
         _check("hardware.adc_range", not (self.adc_bits and not self.adc_range), self.adc_range,
                "> 0 when hardware.adc_bits is set (the ADC full scale, weight units)")
         _check("hardware.refresh_threshold", self.refresh_threshold < 0.5, self.refresh_threshold, "in [0, 0.5)")

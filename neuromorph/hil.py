@@ -53,9 +53,10 @@ W_MAX_AUTO = 4.0
 """``hardware.w_max = "auto"``: each array's weight range is this multiple of its layer's largest initial weight."""
 
 
-def auto_weight_ranges(net) -> dict[str, float]:
+def auto_weight_ranges(net, factor: float = W_MAX_AUTO) -> dict[str, float]:
     """``hardware.w_max = "auto"``: per array (``w1``, ``w2``, …, ``w_out``; a backward array shares its layer's),
-    ``W_MAX_AUTO`` times the largest initial weight or bias of the layer (forward and backward weights).
+    ``factor`` (``hardware.w_max_auto_factor``, default ``W_MAX_AUTO``) times the largest initial weight or bias
+    of the layer (forward and backward weights).
 
     Why: a pair spends its device's states evenly over ``[−w_max, w_max]``, and the default ``w_max = 1`` puts
     most of them where no weight will ever be (PyTorch's init bound is ``1/√fan_in``: 0.036 for MNIST's first
@@ -69,9 +70,9 @@ def auto_weight_ranges(net) -> dict[str, float]:
         m = max(float(p.detach().abs().max()) for p in per[k])
         if back[k] is not None:
             m = max(m, float(back[k].detach().abs().max()))
-        out[f"w{k + 1}"] = W_MAX_AUTO * m
+        out[f"w{k + 1}"] = factor * m
     if ro is not None:
-        out["w_out"] = W_MAX_AUTO * float(ro.detach().abs().max())
+        out["w_out"] = factor * float(ro.detach().abs().max())
     for name, w in out.items():
         if not (w > 0 and math.isfinite(w)):
             raise ValueError(f"hardware.w_max = \"auto\": the initial weights of {name} are all 0 or not finite; "
@@ -89,7 +90,7 @@ def hardware_from_config(cfg: RunConfig, net, periphery: Periphery | None = None
     if h.g0_siemens:
         g0 = h.g0_siemens
     elif h.w_max == "auto":
-        g0 = {name: card.g_range / w for name, w in auto_weight_ranges(net).items()}
+        g0 = {name: card.g_range / w for name, w in auto_weight_ranges(net, h.w_max_auto_factor).items()}
     else:
         g0 = card.g_range / h.w_max
     return HardwareNetwork(net, card, periphery if periphery is not None else periphery_from_config(cfg),

@@ -34,3 +34,18 @@ def test_auto_weight_range_per_array(tmp_path):
     fixed = hardware_from_config(load_config("configs/compare_digits.toml", ['hardware.device="reram_es"',
                                                                              "hardware.w_max=0.5"]), net)
     assert all(g == pytest.approx(fixed.card.g_range / 0.5) for g in fixed.g0s.values())
+
+
+def test_auto_factor_scales_every_array():
+    """``hardware.w_max_auto_factor`` is the multiple: 8 gives each array twice the range of the default 4; a
+    factor that is not a finite number > 0 is refused with its value."""
+    base = ["data.n_train=100", "data.n_test=50", 'hardware.device="reram_es"']
+    cfg4 = load_config("configs/compare_digits.toml", base)
+    cfg8 = load_config("configs/compare_digits.toml", [*base, "hardware.w_max_auto_factor=8"])
+    four = hardware_from_config(cfg4, Trainer(cfg4).net)  # same seed: the same initial weights
+    eight = hardware_from_config(cfg8, Trainer(cfg8).net)
+    assert set(four.g0s) == set(eight.g0s) == {"w1", "w_out"}
+    assert all(eight.g0s[k] == pytest.approx(four.g0s[k] / 2, rel=1e-12) for k in four.g0s)
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(ValueError, match=f"hardware.w_max_auto_factor.*{bad}"):
+            load_config("configs/compare_digits.toml", [f"hardware.w_max_auto_factor={bad}"])
