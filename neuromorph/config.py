@@ -292,6 +292,10 @@ class HardwareConfig:
     tt_transfer_lr: float = 1.0
     """Tiki-Taka / TTv2: the read fast-array column times this is the weight array's request (aihwkit
     ``transfer_lr``)."""
+    tt_fast_lr: float = 1.0
+    """Tiki-Taka / TTv2: the fast array's requests are this times SGD's (aihwkit ``fast_lr`` with
+    ``scale_fast_lr = True``), and the transfer is divided by it (aihwkit ``correct_gradient_magnitudes = True``),
+    so the weight array's expected change stays SGD's; > 1 spends more of the fast array's states on the requests."""
     tt_reset_fast: bool = False
     """Tiki-Taka: program a transferred column of the fast array back to 0 (then the weight array plus the fast
     array is SGD's weight, exactly on an ideal device); aihwkit's transfer keeps it (default)."""
@@ -319,6 +323,8 @@ class HardwareConfig:
         _check("hardware.tt_transfer_every", self.tt_transfer_every >= 1, self.tt_transfer_every, "an integer >= 1")
         _check("hardware.tt_transfer_lr", math.isfinite(self.tt_transfer_lr) and self.tt_transfer_lr > 0,
                self.tt_transfer_lr, "a finite number > 0")
+        _check("hardware.tt_fast_lr", math.isfinite(self.tt_fast_lr) and self.tt_fast_lr > 0, self.tt_fast_lr,
+               "a finite number > 0")
         for name in ("tile_rows", "tile_cols"):
             _check(f"hardware.{name}", getattr(self, name) >= 1, getattr(self, name), "an integer >= 1")
         for name in ("dac_bits", "adc_bits", "activity_bits"):

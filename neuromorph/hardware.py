@@ -274,7 +274,8 @@ class HardwareNetwork:
             with its input drive, and it saves the largest product of the loop).
         generator: seeded generator (device sampling, read noise, stochastic programming).
         transfer: Tiki-Taka / TTv2 (``apply_update`` modes ``tiki_taka``, ``ttv2``): ``{"every": samples between
-            two column transfers, "lr": the transfer's scale, "reset": program a transferred fast column back to 0}``
+            two column transfers, "lr": the transfer's scale, "reset": program a transferred fast column back to 0,
+            "fast_lr": the fast array's gain (its requests are this times SGD's, the transfer divided by it)}``
             (default ``{"every": 1, "lr": 1.0, "reset": False}``).
     """
 
@@ -325,7 +326,7 @@ class HardwareNetwork:
             self.readout_array = CrossbarLayer(ro.shape[0], ro.shape[1], self.card, self.periphery, g0=g0_of["w_out"],
                                                **kw)
             self.representable["w_out"] = self.readout_array.set_weights(ro.detach(), count=False)
-        self.transfer = {"every": 1, "lr": 1.0, "reset": False, **(transfer or {})}
+        self.transfer = {"every": 1, "lr": 1.0, "reset": False, "fast_lr": 1.0, **(transfer or {})}
         self.fast_arrays: dict[str, CrossbarLayer] = {}
         """Tiki-Taka's fast arrays (the requests' accumulators), one per array, made at the first update."""
         self.transfers = 0
@@ -802,7 +803,10 @@ class HardwareNetwork:
         included) and ``transfer["lr"]`` times it is the request of the same
         column of ``C``: fired by stochastic rounding (``tiki_taka``) or added to a digital buffer ``H`` that fires
         its whole steps and keeps the rest (``ttv2``, the buffer's state in :attr:`accumulators`). With
-        ``transfer["reset"]`` the transferred column of ``A`` is programmed back to 0 (deterministic rounding)."""
+        ``transfer["reset"]`` the transferred column of ``A`` is programmed back to 0 (deterministic rounding).
+        ``transfer["fast_lr"]`` (aihwkit's ``fast_lr`` with ``scale_fast_lr``) multiplies the requests into ``A``, so
+        that they spend more of its states, and divides the transfer (aihwkit's ``correct_gradient_magnitudes``):
+        ``C``'s expected change stays SGD's."""
         arrays = self.arrays()
         changes = None
         self._count_requests(rows)
@@ -810,13 +814,14 @@ class HardwareNetwork:
             changes = optimizer.step({name: post.t() @ pre / batch for name, (pre, post) in rows.items()},
                                      {name: arr.weights() + self._fast(name).weights()
                                       for name, arr in arrays.items()})
+        gain = self.transfer["fast_lr"]
         for name in arrays:
             fa = self._fast(name).array
             if changes is not None:
-                fa.program_steps(changes[name].div_(fa.dw), realised=False)
+                fa.program_steps(changes[name].mul_(gain / fa.dw), realised=False)
             else:
                 pre, post = rows[name]
-                fa.program_steps((post.t() @ pre).mul_(lr_of[name] / (batch * fa.dw)), realised=False)
+                fa.program_steps((post.t() @ pre).mul_(gain * lr_of[name] / (batch * fa.dw)), realised=False)
         every, before = self.transfer["every"], self.transfers
         self.transfers += batch  # samples seen: a column transfer every `every` samples (aihwkit's default units)
         k0, n_tr = before // every, self.transfers // every - before // every
@@ -828,7 +833,7 @@ class HardwareNetwork:
                 onehot = torch.zeros(len(cols), n_in, dtype=self.net.dtype, device=self.net.device)
                 onehot[torch.arange(len(cols)), cols] = 1.0
                 read = fast.forward(onehot, t=self.read_time).t()  # W_A[:, cols], as read (with read noise)
-                req = read.mul_(self.transfer["lr"] / ca.dw)
+                req = read.mul_(self.transfer["lr"] / (gain * ca.dw))
                 if mode == "ttv2":
                     buf = self.accumulators.get(name)
                     if buf is None:

@@ -404,17 +404,20 @@ def test_mixed_precision_accumulates_the_remainder():
         assert float(fired[k].abs().max()) >= 1 and bool((fired[k] == 0).any())
 
 
+@pytest.mark.parametrize("fast_lr", [1.0, 4.0])
 @pytest.mark.parametrize("mode", ["tiki_taka", "ttv2"])
-def test_tiki_taka_transfers_the_requests_without_loss_on_a_perfect_device(tmp_path, mode):
+def test_tiki_taka_transfers_the_requests_without_loss_on_a_perfect_device(tmp_path, mode, fast_lr):
     """Tiki-Taka / TTv2 on a perfect device (pulse quantum 1e-9 of the range, no noise) with the fast columns reset
     after their transfer: the weight array plus the fast array (plus TTv2's buffer) hold every request made, to
     the pulse quantum; the weight array alone lags by what is not transferred yet, and every column is transferred
-    in turn (a column per sample: a full cycle here)."""
+    in turn (a column per sample: a full cycle here). With ``fast_lr`` the fast array holds that multiple of the
+    untransferred requests and the transfer divides it back out."""
     from neuromorph.devices import load_card
 
     net = LayeredNetwork([6, 5, 3], loss="mse", seed=0, dtype=torch.float64)
     hw = HardwareNetwork(net, load_card(_fine_card(tmp_path)), Periphery(read_noise=False),
-                         generator=torch.Generator().manual_seed(0), transfer={"every": 1, "lr": 1.0, "reset": True})
+                         generator=torch.Generator().manual_seed(0), transfer={"every": 1, "lr": 1.0, "reset": True,
+                                                                              "fast_lr": fast_lr})
     w0 = {k: a.weights().clone() for k, a in hw.arrays().items()}
     g = torch.Generator().manual_seed(1)
     total = {k: torch.zeros_like(w) for k, w in w0.items()}
@@ -430,7 +433,7 @@ def test_tiki_taka_transfers_the_requests_without_loss_on_a_perfect_device(tmp_p
     for k, arr in hw.arrays().items():
         dw = arr.array.dw
         moved_c = arr.weights() - w0[k]
-        held = moved_c + hw.fast_arrays[k].weights()
+        held = moved_c + hw.fast_arrays[k].weights() / fast_lr
         if mode == "ttv2":
             held = held + hw.accumulators[k] * dw
         assert float((held - total[k]).abs().max()) <= 4 * n_updates * dw
