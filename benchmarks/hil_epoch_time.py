@@ -40,6 +40,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--updates", nargs="+", default=["stochastic_rounding"], help="hardware.update policies timed")
     ap.add_argument("--w-max", default="1", help='hardware.w_max ("auto" or a number; 1 as the recorded tables)')
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override of every run (repeatable; e.g. a policy's tuned parameters, "
+                         "hardware.tt_reset_fast=true: the tt_* keys touch only Tiki-Taka/TTv2)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/hil_epoch_time.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,7 +55,7 @@ def main() -> None:
             cfg = load_config(config, [f"data.n_train={args.n_train}", "train.progress=false",
                                        f"hardware.w_max={w_max}", "output.checkpoint=false",
                                        f'hardware.device="{dev}"', f'hardware.update="{update}"',
-                                       f'output.dir="{ROOT / "runs/bench/hil_time"}"'])
+                                       f'output.dir="{ROOT / "runs/bench/hil_time"}"', *args.set])
             ideal = Trainer(cfg, dataset=dataset, overwrite=True)
             dataset = ideal.dataset
             hw = HardwareTrainer(cfg, dataset=dataset, out=ROOT / "runs/bench/hil_time/hw")
@@ -71,6 +74,7 @@ def main() -> None:
     out = args.out
     out.write_text(json.dumps({"configs": [str(c.resolve().relative_to(ROOT)) for c in args.config],
                                "n_train": args.n_train, "threads": args.threads, "torch": torch.__version__,
+                               "set": args.set,
                                "rows": rows}, indent=1))
     print(f"wrote {out}")
 

@@ -15,6 +15,9 @@ and a Markdown table beside it: per run mean ± std over the seeds of the test a
 the cost model's chip energy per epoch (``neuromorph/cost.py``: reads, converters, neurons, writes, digital).
 
     python benchmarks/hil_presets.py --summary --tag _full     # every policy's file of a tag in one table
+
+``--set KEY=VALUE`` passes config overrides to the hardware runs (e.g. a policy's tuned parameters: ``--update ttv2
+--set hardware.tt_reset_fast=true --set hardware.tt_transfer_lr=0.3``); they are recorded in the results file.
 """
 
 from __future__ import annotations
@@ -122,6 +125,9 @@ def main() -> None:
     ap.add_argument("--update", default="", help="hardware.update of the hardware runs (default: the config's); "
                     "results go to benchmarks/results/hil_presets_<update>.json")
     ap.add_argument("--tag", default="", help="a suffix of the results file's name (results of other settings)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override of the hardware runs (repeatable; e.g. hardware.tt_reset_fast=true): "
+                         "recorded in the results file, whose other runs must have the same")
     ap.add_argument("--summary", action="store_true",
                     help="write hil_presets_summary<tag>.md from every policy's results file of --tag and stop")
     ap.add_argument("--threads", type=int, default=2)
@@ -134,7 +140,8 @@ def main() -> None:
         return
     OUT = ROOT / "benchmarks/results" / f"hil_presets{'_' + args.update if args.update else ''}{args.tag}.json"
     torch.set_num_threads(args.threads)
-    setup = {"epochs": args.epochs, "n_train": args.n_train, "w_max": args.w_max, "update": args.update or None}
+    setup = {"epochs": args.epochs, "n_train": args.n_train, "w_max": args.w_max, "update": args.update or None,
+             "set": args.set or None}
     res = json.loads(OUT.read_text()) if OUT.exists() else {**setup, "configs": {}}
     if {k: res.get(k) for k in setup} != setup:
         raise SystemExit(f"{OUT} holds results of other settings ({ {k: res.get(k) for k in setup} }, asked "
@@ -159,6 +166,7 @@ def main() -> None:
                     cfg = load_config(path, [*over, f'hardware.device="{dev}"',
                                              f'hardware.w_max={json.dumps(m) if m == "auto" else m}',
                                              *([f'hardware.update="{args.update}"'] if args.update else []),
+                                             *args.set,
                                              f'output.dir="{ROOT / "runs/bench/hil_presets/hw"}"'])
                     t0 = time.perf_counter()
                     tr = HardwareTrainer(cfg, dataset=ref.dataset)
