@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from neuromorph.config import load_config
-from neuromorph.hil import HardwareTrainer
+from neuromorph.hil import W_MAX_AUTO, HardwareTrainer
 from neuromorph.runio import atomic_write
 from neuromorph.train import Trainer
 
@@ -50,7 +50,9 @@ def w_max_arg(text: str) -> str:
     if not (value > 0 and value < float("inf")):
         raise argparse.ArgumentTypeError(f"--w-max {text!r}: a number > 0, 'auto' or 'autoK' (K > 0: K times the "
                                          "largest initial weight per layer) is allowed")
-    return text if text.startswith("auto") else str(value)  # "1" and "1.0" are one mapping
+    if text.startswith("auto"):  # "auto4" is "auto" (the default multiple): one mapping, one run
+        return "auto" if value == W_MAX_AUTO else text
+    return str(value)  # "1" and "1.0" are one mapping
 
 
 def mapping_overrides(w: str) -> list[str]:

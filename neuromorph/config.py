@@ -298,7 +298,7 @@ class HardwareConfig:
     so the weight array's expected change stays SGD's; > 1 spends more of the fast array's states on the requests."""
     tt_reset_fast: bool = False
     """Tiki-Taka: program a transferred column of the fast array back to 0 (then the weight array plus the fast
-    array is SGD's weight, exactly on an ideal device); aihwkit's transfer keeps it (default)."""
+    array over ``tt_fast_lr`` is SGD's weight, exactly on an ideal device); aihwkit's transfer keeps it (default)."""
     manhattan_threshold: float = 0.0
     """Manhattan updates: fire one pulse where ``|ΔW|`` exceeds this (weight units)."""
     refresh_threshold: float = 0.0

@@ -276,7 +276,7 @@ class HardwareNetwork:
         transfer: Tiki-Taka / TTv2 (``apply_update`` modes ``tiki_taka``, ``ttv2``): ``{"every": samples between
             two column transfers, "lr": the transfer's scale, "reset": program a transferred fast column back to 0,
             "fast_lr": the fast array's gain (its requests are this times SGD's, the transfer divided by it)}``
-            (default ``{"every": 1, "lr": 1.0, "reset": False}``).
+            (default ``{"every": 1, "lr": 1.0, "reset": False, "fast_lr": 1.0}``).
     """
 
     def __init__(self, net: LayeredNetwork, card: DeviceCard | str, periphery: Periphery | None = None, *,
