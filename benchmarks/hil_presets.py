@@ -16,8 +16,8 @@ the cost model's chip energy per epoch (``neuromorph/cost.py``: reads, converter
 
     python benchmarks/hil_presets.py --summary --tag _full     # every policy's file of a tag in one table
 
-``--set KEY=VALUE`` passes config overrides to the hardware runs (e.g. a policy's tuned parameters: ``--update ttv2
---set hardware.tt_reset_fast=true --set hardware.tt_transfer_lr=0.3``); they are recorded in the results file.
+``--set KEY=VALUE`` passes config overrides to the hardware runs (e.g. aihwkit's Tiki-Taka defaults: ``--update
+ttv2 --set hardware.tt_reset_fast=false --set hardware.tt_fast_lr=1``); they are recorded in the results file.
 """
 
 from __future__ import annotations

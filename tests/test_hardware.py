@@ -404,7 +404,19 @@ def test_mixed_precision_accumulates_the_remainder():
         assert float(fired[k].abs().max()) >= 1 and bool((fired[k] == 0).any())
 
 
-@pytest.mark.parametrize("fast_lr", [1.0, 4.0])
+def test_tiki_taka_defaults_are_the_configs():
+    """One set of Tiki-Taka defaults: a ``HardwareNetwork`` built without ``transfer`` behaves as the default
+    config's ``hardware.tt_*`` keys say (the tuned defaults: reset, ``fast_lr`` 16)."""
+    from neuromorph.config import HardwareConfig
+    from neuromorph.hardware import TRANSFER_DEFAULTS
+
+    h = HardwareConfig()
+    assert TRANSFER_DEFAULTS == {"every": h.tt_transfer_every, "lr": h.tt_transfer_lr, "reset": h.tt_reset_fast,
+                                 "fast_lr": h.tt_fast_lr}
+    assert TRANSFER_DEFAULTS["reset"] is True and TRANSFER_DEFAULTS["fast_lr"] == 16.0
+
+
+@pytest.mark.parametrize("fast_lr", [1.0, 4.0, 16.0])
 @pytest.mark.parametrize("mode", ["tiki_taka", "ttv2"])
 def test_tiki_taka_transfers_the_requests_without_loss_on_a_perfect_device(tmp_path, mode, fast_lr):
     """Tiki-Taka / TTv2 on a perfect device (pulse quantum 1e-9 of the range, no noise) with the fast columns reset
