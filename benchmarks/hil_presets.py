@@ -99,7 +99,7 @@ def summary(tag: str) -> str:
         lines += [f"### {cfg_name}: reference {ref:.2f} ± {ref_sd:.2f} % ({len(c['reference'])} seeds), w_max auto",
                   "", "| device | " + " | ".join(POLICIES[u] for u in pols) + " | best policy (gap) |",
                   "|---|" + "---|" * (len(pols) + 1)]
-        within = []
+        within, best_within = [], []
         limit, need = TARGETS.get(cfg_name, (1.0, 0))
         for dev in c["devices"]:
             runs = {u: found[u]["configs"][cfg_name]["devices"].get(dev, {}).get("auto") for u in pols}
@@ -107,10 +107,30 @@ def summary(tag: str) -> str:
             best = min(gaps, key=gaps.get) if gaps else None
             if gaps.get("") is not None and gaps[""] <= limit:
                 within.append(dev)
+            if best is not None and gaps[best] <= 1.0:
+                best_within.append(dev)
             lines.append(f"| {dev} | " + " | ".join(cell(runs[u]) for u in pols) + " | " +
                          (f"{POLICIES[best]} ({gaps[best]:+.2f})" if best is not None else "") + " |")
         lines += ["", f"Default within {limit:g} points of the reference: {len(within)} presets "
-                      f"({', '.join(within) or 'none'}); target: at least {need}.", ""]
+                      f"({', '.join(within) or 'none'}); target: at least {need}.",
+                  f"Best policy within 1 point: {len(best_within)} presets ({', '.join(best_within) or 'none'}).", "",
+                  "Pulses / epoch and the cost model's chip energy / epoch (mean over seeds):", "",
+                  "| device | " + " | ".join(POLICIES[u] for u in pols) + " |", "|---|" + "---|" * len(pols)]
+        for dev in c["devices"]:
+            runs = {u: found[u]["configs"][cfg_name]["devices"].get(dev, {}).get("auto") for u in pols}
+            lines.append(f"| {dev} | " + " | ".join(
+                f"{r['pulses_per_epoch']:.2g}, {energy(r)}" if r and r.get("seeds") else "" for r in runs.values())
+                + " |")
+        lines.append("")
+    lines += ["Settings per policy (results file, seeds, overrides):", ""]
+    for u, res in found.items():
+        seeds = sorted({s for c in res["configs"].values() for d in c["devices"].values()
+                        for s in d.get("auto", {}).get("seeds", {})}, key=int)
+        lines.append(f"- {POLICIES[u]}: `{files[u].name}`, seeds {', '.join(seeds)}, {res['epochs']} epochs, "
+                     f"{res['n_train'] or 'all'} images; " + (", ".join(f"`{k}`" for k in res.get("set") or [])
+                                                              or "no overrides") +
+                     ("; Tiki-Taka settings " + ", ".join(f"{k} = {v}" for k, v in res["tt"].items())
+                      if res.get("tt") else ""))
     return "\n".join(lines)
 
 
@@ -142,6 +162,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     setup = {"epochs": args.epochs, "n_train": args.n_train, "w_max": args.w_max, "update": args.update or None,
              "set": args.set or None}
+    if args.update in ("tiki_taka", "ttv2"):  # the effective tt_* settings: defaults may change between runs
+        h = load_config(ROOT / "configs/hil" / f"{args.configs[0]}.toml", args.set).hardware
+        setup["tt"] = {k: getattr(h, k) for k in ("tt_transfer_every", "tt_transfer_lr", "tt_fast_lr", "tt_reset_fast")}
     res = json.loads(OUT.read_text()) if OUT.exists() else {**setup, "configs": {}}
     if {k: res.get(k) for k in setup} != setup:
         raise SystemExit(f"{OUT} holds results of other settings ({ {k: res.get(k) for k in setup} }, asked "

@@ -5,7 +5,8 @@ relative to the sweep file) plus the sweep's own keys::
 
     base = "../hil/mnist_784_512_10_mse.toml"   # optional; inline sections below override it key by key
     seeds = [0, 1]                              # train.seed = hardware.seed = each seed (default [0])
-    mode = "grid"                               # "grid" (every combination, default) or "zip" (equal-length lists)
+    mode = "grid"                               # "grid" (every combination, default) or "zip" (equal-length
+                                                # lists, point i = every axis's value i; values may repeat)
 
     [train]
     epochs = 3
@@ -239,12 +240,18 @@ def _check_axes(where: str, axes_data: Any, mode: str) -> list[Axis]:
             raise SweepError(f"{where}: axis {key!r} is empty: give at least one value")
         seen = [json.dumps(v, sort_keys=True) for v in values]
         dup = next((v for v, s in zip(values, seen) if seen.count(s) > 1), None)
-        if dup is not None:
+        if dup is not None and mode != "zip":  # zip: an axis may repeat a value; its points must differ (below)
             raise SweepError(f"{where}: axis {key!r} repeats the value {dup!r}")
         axes.append(Axis(key, tuple(values)))
     if mode == "zip" and len({len(a.values) for a in axes}) > 1:
         raise SweepError(f"{where}: mode = \"zip\" needs axes of equal length; got "
                          + ", ".join(f"{a.key}: {len(a.values)}" for a in axes))
+    if mode == "zip" and axes:
+        points = [json.dumps(p, sort_keys=True) for p in zip(*(a.values for a in axes))]
+        dup = next((i for i, p in enumerate(points) if points.index(p) != i), None)
+        if dup is not None:
+            raise SweepError(f"{where}: mode = \"zip\": point {dup + 1} repeats point {points.index(points[dup]) + 1} ("
+                             + ", ".join(f"{a.key} = {a.values[dup]!r}" for a in axes) + ")")
     return axes
 
 

@@ -255,6 +255,8 @@ def test_bad_sweep_files_are_refused_before_any_run(tmp_path, capsys, axes, mess
     ('base = "base.toml"\nmode = "random"', "mode = 'random' is not allowed"),
     ('base = "base.toml"\nmode = "zip"\n[axes]\n"hardware.adc_bits" = [4, 8]\n"hardware.dac_bits" = [4]',
      "equal length"),
+    ('base = "base.toml"\nmode = "zip"\n[axes]\n"hardware.adc_bits" = [4, 8, 4]\n"hardware.dac_bits" = [4, 4, 4]',
+     "point 3 repeats point 1 (hardware.adc_bits = 4, hardware.dac_bits = 4)"),
     ('base = "base.toml"\n[train]\nepochz = 2', "unknown key(s) epochz in [train]"),
     ('base = "base.toml"\n[card]\nparameters = {}', "[device] table"),
 ])
@@ -275,6 +277,12 @@ def test_run_ids_are_deterministic_and_follow_the_resolved_config(tmp_path):
     assert [r.params for r in z.runs if r.kind == "hardware" and r.seed == 0] == [
         {"device.max_pulses": 16, "device.c2c_sigma": 0.0}, {"device.max_pulses": 64, "device.c2c_sigma": 0.02}]
     assert all(r.config["train"]["epochs"] == 1 for r in z.runs)
+    # zip: an axis may repeat a value (one-at-a-time ablations), the points differ
+    a1 = load_sweep(write_sweep(tmp_path / "a1", 'base = "base.toml"\nmode = "zip"\n[axes]\n'
+                                '"device.max_pulses" = [16, 64, 16]\n"device.c2c_sigma" = [0.0, 0.0, 0.02]\n'))
+    assert [r.params for r in a1.runs if r.kind == "hardware" and r.seed == 0] == [
+        {"device.max_pulses": 16, "device.c2c_sigma": 0.0}, {"device.max_pulses": 64, "device.c2c_sigma": 0.0},
+        {"device.max_pulses": 16, "device.c2c_sigma": 0.02}]
     assert sum(r.kind == "ideal" for r in z.runs) == 1  # one seed, only hardware axes: one reference
     c = load_sweep(write_sweep(tmp_path / "c", base=BASE.replace("epochs = 2", "epochs = 3")))
     assert not {r.run_id for r in c.runs} & {r.run_id for r in a.runs}
