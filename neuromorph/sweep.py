@@ -892,7 +892,8 @@ def summary_rows(rows: list[dict], axes: list[str]) -> list[dict]:
 
 
 def format_summary(rows: list[dict], axes: list[str]) -> str:
-    lines = [f"{'run':<48}{'seeds':>6}{'test acc (mean ± std)':>24}{'pulses':>11}{'energy (J)':>12}"]
+    """The sweep's table as text: one line per point (every parameter named in full), mean ± std over seeds."""
+    table = []
     for s in summary_rows(rows, axes):
         what = "ideal reference" if s["kind"] == "ideal" else "hardware"
         if s["params"]:
@@ -901,7 +902,11 @@ def format_summary(rows: list[dict], axes: list[str]) -> str:
         fail = f" ({s['failed']} failed)" if s["failed"] else ""
         pulses = f"{s['pulses']:.3g}" if s["pulses"] is not None else "-"
         energy = f"{s['energy_J']:.3g}" if s["energy_J"] is not None else "-"
-        lines.append(f"{what[:47]:<48}{s['n']:>6}{acc:>24}{pulses:>11}{energy:>12}{fail}")
+        table.append((what, s["n"], acc, pulses, energy, fail))
+    w = max([48] + [len(t[0]) + 1 for t in table])
+    lines = [f"{'run':<{w}}{'seeds':>6}{'test acc (mean ± std)':>24}{'pulses':>11}{'energy (J)':>12}"]
+    lines += [f"{what:<{w}}{n:>6}{acc:>24}{pulses:>11}{energy:>12}{fail}" for what, n, acc, pulses, energy, fail
+              in table]
     return "\n".join(lines)
 
 

@@ -312,3 +312,16 @@ def test_plot_writes_every_figure(serial, tmp_path, capsys):
     assert all(r["energy_per_sample_J"] > 0 for r in rows if r["kind"] == "hardware" and r["status"] == "done")
     assert "Pareto front" in (out / "cost_vs_accuracy.svg").read_text()
     assert main(["plot", str(tmp_path / "none.sqlite")]) == 2
+
+
+def test_summary_names_every_parameter_in_full():
+    """A point's line names every parameter, however long (one-at-a-time ablations differ in one of many)."""
+    from neuromorph.sweep import format_summary
+
+    params = [{"device.dw_min_std": 0.6, "device.dw_min_dtod": d, "device.w_max_dtod": 0.1, "device.A_up": -27.235}
+              for d in (0.2, 0.0)]
+    rows = [{"kind": "hardware", "point_id": str(i), "params": p, "status": "done", "test_acc": 0.5 + i / 10,
+             "pulses": 10.0, "energy_J": 1e-6} for i, p in enumerate(params)]
+    lines = format_summary(rows, list(params[0])).splitlines()
+    assert "dw_min_dtod=0.2, w_max_dtod=0.1, A_up=-27.235" in lines[1]
+    assert "dw_min_dtod=0.0, w_max_dtod=0.1, A_up=-27.235" in lines[2] and "0.6000 ± 0.0000" in lines[2]
