@@ -9,7 +9,9 @@ devices' state differs from ``dw`` (nonlinear cards: a PCM step near ``g_min`` i
 trains with that multiple of SGD's learning rate. This script maps the initial weights of
 ``configs/hil/mnist_784_512_10_mse.toml`` (seed 0) onto each preset's arrays exactly as a training run does, fires
 one pulse of each sign at every pair (from the same state: restored between the signs) and reports the realised
-``ΔW`` in nominal steps, mean and median over every pair of every array, weighted by the arrays' sizes.
+``ΔW`` of the persistent conductances (without write noise: :func:`persistent_weights`) in nominal steps, apart
+for the pulses that potentiate the pulsed device and those that depress it: mean, median and 90th percentile over
+every pair of every array.
 
 ``--lr-scan`` trains the ideal reference of the squared-error recipe (all 60,000 images, 3 epochs, seed 0) with
 its learning rates times each multiple: what a hardware run with larger effective steps is compared with.
@@ -34,21 +36,37 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs/hil/mnist_784_512_10_mse.toml"
 
 
+def persistent_weights(pairs) -> torch.Tensor:
+    """The pairs' weights from their persistent conductances: without the write noise of the cards that have it
+    (aihwkit's ``write_noise_std``, redrawn on the apparent conductance at every write; its size is the card's
+    parameter, in steps), which would otherwise dominate a one-pulse difference."""
+    return (pairs.pos.g_persistent - pairs.neg.g_persistent) / pairs.g0
+
+
 def realised_steps(device: str) -> dict:
-    """Mean and median realised step (in nominal steps) of one pulse up and one down, from the initial state."""
+    """Mean, median and 90th percentile of the realised step (in nominal steps) of one pulse that potentiates the
+    pulsed device and of one that depresses it, from the initial state. A pulse goes to the device of the weight's
+    sign (the bidirectional policy): a +1 weight pulse potentiates ``G+`` where ``W >= 0`` and depresses ``G−``
+    where ``W < 0``."""
     cfg = load_config(CONFIG, [f'hardware.device="{device}"', "train.seed=0", "hardware.seed=0"])
     net = build_network(cfg, 784, 10, None)
     hw = hardware_from_config(cfg, net)
-    out = {}
-    for sign, name in ((1, "up"), (-1, "down")):
+    got = {"potentiate": [], "depress": []}
+    for sign in (1, -1):
         state = hw.state_dict()
-        steps = []
         for arr in hw.arrays().values():
             pairs = arr.array
-            d = pairs.apply_weight_pulses(torch.full(pairs.shape, sign, dtype=torch.int32)) / pairs.dw
-            steps.append((sign * d).flatten())
+            w0 = persistent_weights(pairs)
+            positive = (w0 >= 0).flatten()
+            pairs.apply_weight_pulses(torch.full(pairs.shape, sign, dtype=torch.int32))
+            d = (sign * (persistent_weights(pairs) - w0) / pairs.dw).flatten()
+            up = positive if sign > 0 else ~positive
+            got["potentiate"].append(d[up])
+            got["depress"].append(d[~up])
         hw.load_state_dict(state)
-        s = torch.cat(steps).double()
+    out = {}
+    for name, parts in got.items():
+        s = torch.cat(parts).double()
         out[name] = {"mean": float(s.mean()), "median": float(s.median()), "p90": float(s.quantile(0.9))}
     return out
 
@@ -63,11 +81,11 @@ def main() -> None:
     res = {"config": str(CONFIG.relative_to(ROOT)), "steps": {}, "lr_scan": {}}
     lines = ["Realised step of one pulse at the initial state, in nominal steps (mean / median / 90th percentile "
              "over every pair; `configs/hil/mnist_784_512_10_mse.toml`, seed 0, calibrated mapping):", "",
-             "| device | up | down |", "|---|---|---|"]
+             "| device | potentiating the device | depressing it |", "|---|---|---|"]
     for dev in args.devices:
         r = res["steps"][dev] = realised_steps(dev)
         lines.append(f"| {dev} | " + " | ".join(f"{r[k]['mean']:.2f} / {r[k]['median']:.2f} / {r[k]['p90']:.2f}"
-                                               for k in ("up", "down")) + " |")
+                                               for k in ("potentiate", "depress")) + " |")
         print(lines[-1], flush=True)
     if args.lr_scan:
         base = load_config(CONFIG).train.lr
