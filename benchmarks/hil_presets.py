@@ -101,8 +101,9 @@ def summary(tag: str) -> str:
                   "|---|" + "---|" * (len(pols) + 1)]
         within, best_within = [], []
         limit, need = TARGETS.get(cfg_name, (1.0, 0))
-        for dev in c["devices"]:
-            runs = {u: found[u]["configs"][cfg_name]["devices"].get(dev, {}).get("auto") for u in pols}
+        runs_of = {dev: {u: found[u]["configs"][cfg_name]["devices"].get(dev, {}).get("auto") for u in pols}
+                   for dev in c["devices"]}
+        for dev, runs in runs_of.items():
             gaps = {u: spread(v["gap"] for v in r["seeds"].values())[0] for u, r in runs.items() if r and r["seeds"]}
             best = min(gaps, key=gaps.get) if gaps else None
             if gaps.get("") is not None and gaps[""] <= limit:
@@ -116,8 +117,7 @@ def summary(tag: str) -> str:
                   f"Best policy within 1 point: {len(best_within)} presets ({', '.join(best_within) or 'none'}).", "",
                   "Pulses / epoch and the cost model's chip energy / epoch (mean over seeds):", "",
                   "| device | " + " | ".join(POLICIES[u] for u in pols) + " |", "|---|" + "---|" * len(pols)]
-        for dev in c["devices"]:
-            runs = {u: found[u]["configs"][cfg_name]["devices"].get(dev, {}).get("auto") for u in pols}
+        for dev, runs in runs_of.items():
             lines.append(f"| {dev} | " + " | ".join(
                 f"{r['pulses_per_epoch']:.2g}, {energy(r)}" if r and r.get("seeds") else "" for r in runs.values())
                 + " |")

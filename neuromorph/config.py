@@ -317,6 +317,11 @@ class HardwareConfig:
     seed: int = 0
     """Device sampling, read noise and stochastic programming."""
 
+    def transfer(self) -> dict:
+        """The ``tt_*`` keys as :class:`~neuromorph.hardware.HardwareNetwork`'s ``transfer`` argument."""
+        return {"every": self.tt_transfer_every, "lr": self.tt_transfer_lr, "reset": self.tt_reset_fast,
+                "fast_lr": self.tt_fast_lr}
+
     def __post_init__(self):
         _choice("hardware.mapping", self.mapping, ("min", "symmetric"))
         _check("hardware.seed", 0 <= self.seed <= MAX_SEED, self.seed, f"an integer in [0, {MAX_SEED}]")

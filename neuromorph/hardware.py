@@ -52,6 +52,7 @@ import torch
 
 from .choices import SOLVERS, UPDATE_MODES
 from .circuit import RK4, Bosh3, Dopri5, Euler, FixedTime, Heun, NodeField, SettleResult, SteadyState, settle
+from .config import HardwareConfig
 from .crossbar import CrossbarLayer, Periphery
 from .crossbar.periphery import quantise
 from .crossbar.tile import is_power_of_two
@@ -235,10 +236,9 @@ class PhaseResult:
     later phase on the same inputs may reuse the current (:meth:`HardwareNetwork.settle_phase`, ``after``)."""
 
 
-TRANSFER_DEFAULTS = {"every": 1, "lr": 1.0, "reset": True, "fast_lr": 16.0}
-"""Tiki-Taka / TTv2 transfer defaults (``hardware.tt_transfer_every``, ``tt_transfer_lr``, ``tt_reset_fast``,
-``tt_fast_lr``): a column per sample at full scale, the transferred column reset, the requests 16x into the fast
-array. aihwkit's class defaults (no reset, ``fast_lr = 1``) lost 40-55 points on MNIST with these cards."""
+TRANSFER_DEFAULTS = HardwareConfig().transfer()
+"""Tiki-Taka / TTv2 transfer defaults: the config's ``hardware.tt_*`` defaults (one source; their docstrings say
+why they differ from aihwkit's class defaults)."""
 
 _LIVE_COLUMNS = 0.9
 """The update request skips the columns whose pre-activities are all 0 when at most this fraction is left."""

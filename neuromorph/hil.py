@@ -95,8 +95,7 @@ def hardware_from_config(cfg: RunConfig, net, periphery: Periphery | None = None
         g0 = card.g_range / h.w_max
     return HardwareNetwork(net, card, periphery if periphery is not None else periphery_from_config(cfg),
                            tile_size=(h.tile_rows, h.tile_cols), g0=g0,
-                           transfer={"every": h.tt_transfer_every, "lr": h.tt_transfer_lr, "reset": h.tt_reset_fast,
-                                     "fast_lr": h.tt_fast_lr},
+                           transfer=h.transfer(),
                            mapping=h.mapping, policy=h.policy, capacitance=h.capacitance_farad,
                            activity_bits=h.activity_bits, read_time=h.read_time_s or None,
                            reread_input=h.reread_input, generator=torch.Generator().manual_seed(h.seed))

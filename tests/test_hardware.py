@@ -414,6 +414,8 @@ def test_tiki_taka_defaults_are_the_configs():
     assert TRANSFER_DEFAULTS == {"every": h.tt_transfer_every, "lr": h.tt_transfer_lr, "reset": h.tt_reset_fast,
                                  "fast_lr": h.tt_fast_lr}
     assert TRANSFER_DEFAULTS["reset"] is True and TRANSFER_DEFAULTS["fast_lr"] == 16.0
+    hw = HardwareNetwork(LayeredNetwork([4, 3, 2], seed=0), "idealized")
+    assert hw.transfer == TRANSFER_DEFAULTS
 
 
 @pytest.mark.parametrize("fast_lr", [1.0, 4.0, 16.0])
