@@ -299,7 +299,8 @@ class HardwareConfig:
     The default 16 was tuned on MNIST (the README's "Tiki-Taka tuned"); aihwkit's class default is 1."""
     tt_reset_fast: bool = True
     """Tiki-Taka: program a transferred column of the fast array back to 0 (then the weight array plus the fast
-    array over ``tt_fast_lr`` is SGD's weight, exactly on an ideal device). aihwkit's transfer keeps it (``false``),
+    array over ``tt_fast_lr`` is SGD's weight, exactly on an ideal device): aihwkit's ``with_reset_prob = 1``.
+    aihwkit's default (``with_reset_prob = 0``) keeps it (``false`` here),
     counting on the fast device's drift toward its symmetry point to damp it; with these cards, kept, TTv2 lost
     40-55 points on MNIST (the README's "Tiki-Taka tuned")."""
     manhattan_threshold: float = 0.0
